@@ -1,0 +1,29 @@
+"""Settings read from the environment, with defaults that match the local edge stack.
+
+Everything here is a plain value; connections (hosts, keys, passwords) live in Airflow connections only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE_DIR = PROJECT_ROOT / "include"
+
+# Airflow connection ids.
+BLOB_CONN_ID = os.getenv("EDGE_BLOB_CONN_ID", "edge_blob")
+VM_CONN_ID = os.getenv("EDGE_VM_CONN_ID", "edge_vm")
+REGISTRY_CONN_ID = os.getenv("EDGE_IMAGE_REGISTRY_CONN_ID", "image_registry")
+
+# Blob layout: <container>/dt=YYYY-MM-DD/part-NNNN.csv, one folder per day ("partition").
+BLOB_CONTAINER = os.getenv("EDGE_BLOB_CONTAINER", "sensor-readings")
+
+# Where run-time reports (Data Docs) are kept; the local stack points this into its state folder.
+REPORTS_DIR = Path(os.getenv("EDGE_REPORTS_DIR", str(PROJECT_ROOT / ".edge-stack" / "reports")))
+
+EXPECTATION_SUITE_PATH = INCLUDE_DIR / "expectations" / "sensor_readings.json"
+
+# Training window: the last N days of the run's data interval.
+TRAINING_WINDOW_DAYS = int(os.getenv("EDGE_TRAINING_WINDOW_DAYS", "7"))
+SCHEDULE = os.getenv("EDGE_TRAINING_SCHEDULE", "0 2 * * *")

@@ -1,0 +1,35 @@
+"""Errors the pipeline raises on purpose.
+
+The DAG's retry policy keys off these classes: errors that cannot fix themselves by waiting
+(bad data, a host key that does not match, refused credentials) fail the task at once; everything
+else (network blips, a busy VM) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class EdgeTrainingError(Exception):
+    """Base class for errors raised by the edge training pipeline."""
+
+
+class DataValidationError(EdgeTrainingError):
+    """The training window's data failed its expectation suite. Fix the data, then re-run."""
+
+
+class EdgeVMHostKeyMismatchError(EdgeTrainingError):
+    """The edge VM presented a host key other than the pinned one (possible interception)."""
+
+
+class EdgeVMAuthError(EdgeTrainingError):
+    """The edge VM refused our SSH credentials."""
+
+
+class EdgeVMUnreachableError(EdgeTrainingError):
+    """The edge VM could not be reached over SSH (network fault; retried)."""
+
+
+class EdgeVMHealthError(EdgeTrainingError):
+    """The edge VM is reachable but not fit to train (disk, memory, Python, blob endpoint...)."""
+
+
+NOT_RETRIED = (DataValidationError, EdgeVMHostKeyMismatchError, EdgeVMAuthError)
