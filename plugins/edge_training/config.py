@@ -27,3 +27,7 @@ EXPECTATION_SUITE_PATH = INCLUDE_DIR / "expectations" / "sensor_readings.json"
 # Training window: the last N days of the run's data interval.
 TRAINING_WINDOW_DAYS = int(os.getenv("EDGE_TRAINING_WINDOW_DAYS", "7"))
 SCHEDULE = os.getenv("EDGE_TRAINING_SCHEDULE", "0 2 * * *")
+
+# Registered model name and the Airflow pool that bounds concurrent trainings on the edge VM.
+MODEL_NAME = os.getenv("EDGE_MODEL_NAME", "predictive-maintenance")
+VM_POOL = os.getenv("EDGE_VM_POOL", "edge_vm")
