@@ -1,0 +1,57 @@
+# Edge training — two commands: `make demo` (stack up, sample data, one pipeline run) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STATE       := .edge-stack
+export AIRFLOW_HOME := $(CURDIR)/$(STATE)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help install system-deps demo test bench stack stop status clean
+
+help:
+	@echo "make demo    start the local edge stack, seed sample data, run the edge_training DAG"
+	@echo "make test    set up everything the tests need and run them"
+	@echo "make bench   print the performance figures (P1..)"
+	@echo "make status  show the local edge stack;  make stop  stop it"
+
+system-deps:
+	@scripts/install_system_deps.sh
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip check
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: system-deps $(VENV)/.installed node_modules/.package-lock.json
+
+stack: install
+	$(PY) scripts/edge_stack.py start
+
+stop:
+	@$(PY) scripts/edge_stack.py stop
+
+status:
+	@$(PY) scripts/edge_stack.py status
+
+demo: stack
+	scripts/demo.sh
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean: stop
+	rm -rf $(STATE)
