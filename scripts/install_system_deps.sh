@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd) when they
-# are missing. Installs only as root; otherwise prints the command to run.
+# (and docker-compose, to validate docker-compose.yaml) are missing. Installs only as root; otherwise prints the command to run.
 set -euo pipefail
 
 declare -A need=(
@@ -10,6 +10,7 @@ declare -A need=(
   [/usr/bin/buildah]=buildah
   [/usr/bin/mmdebstrap]=mmdebstrap
   [/usr/bin/htpasswd]=apache2-utils
+  [/usr/bin/docker-compose]=docker-compose
 )
 missing=()
 for path in "${!need[@]}"; do
