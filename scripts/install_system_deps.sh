@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd) when they
-# (and docker-compose, to validate docker-compose.yaml) are missing. Installs only as root; otherwise prints the command to run.
+# Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd, and
+# docker-compose to validate docker-compose.yaml) when they are missing. Installs only as root; otherwise prints
+# the command to run.
 set -euo pipefail
 
 declare -A need=(
