@@ -31,3 +31,16 @@ SCHEDULE = os.getenv("EDGE_TRAINING_SCHEDULE", "0 2 * * *")
 # Registered model name and the Airflow pool that bounds concurrent trainings on the edge VM.
 MODEL_NAME = os.getenv("EDGE_MODEL_NAME", "predictive-maintenance")
 VM_POOL = os.getenv("EDGE_VM_POOL", "edge_vm")
+
+# Model registry: "mlflow" (local SQLite-backed MLflow registry, the embedded default) or "azureml".
+MODEL_REGISTRY = os.getenv("EDGE_MODEL_REGISTRY", "mlflow")
+MLFLOW_TRACKING_URI = os.getenv(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_ROOT / '.edge-stack' / 'mlflow' / 'mlflow.db'}"
+)
+MLFLOW_ARTIFACTS_DIR = Path(
+    os.getenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(PROJECT_ROOT / ".edge-stack" / "mlflow" / "artifacts"))
+)
+MLFLOW_EXPERIMENT = os.getenv("EDGE_MLFLOW_EXPERIMENT", "edge-training")
+# Champion gate: the candidate must beat the champion by at least this much on the same holdout.
+PROMOTION_METRIC = os.getenv("EDGE_PROMOTION_METRIC", "roc_auc")
+PROMOTION_MARGIN = float(os.getenv("EDGE_PROMOTION_MARGIN", "0.0"))

@@ -33,3 +33,12 @@ class EdgeVMHealthError(EdgeTrainingError):
 
 
 NOT_RETRIED = (DataValidationError, EdgeVMHostKeyMismatchError, EdgeVMAuthError)
+
+
+class PromotionMetricError(EdgeTrainingError):
+    """The champion gate cannot compare models: the promotion metric is missing or not a number."""
+
+
+class ModelRegistryError(EdgeTrainingError):
+    """The model registry refused a request, holds an unexpected model, or a registration stopped half-way
+    (a retry resumes it: registration is idempotent per run id)."""
