@@ -1,0 +1,361 @@
+"""Model registry: register trained models with lineage tags and keep the ``champion`` alias.
+
+One interface (:class:`ModelRegistry`), one implementation per backend. The embedded default is a real MLflow
+model registry on SQLite with local artifacts (the local stand-in for the Azure ML registry); the backend is
+chosen by ``EDGE_MODEL_REGISTRY``. Heavy imports (mlflow, onnx) happen inside methods so that importing this
+module from an operator module costs nothing at DAG parse time.
+
+Registration is idempotent per ``run_id`` (the pipeline's key for one trained model): the key is stored as the
+``edge.registration_key`` tag on the version, and a version only counts as complete once the
+``edge.registration_complete`` tag is set, which happens last. A retry after any failure resumes from what
+already exists instead of creating a second version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from edge_training import config
+from edge_training.exceptions import ModelRegistryError
+
+log = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+REGISTRATION_KEY_TAG = "edge.registration_key"
+REGISTRATION_COMPLETE_TAG = "edge.registration_complete"
+ONNX_FILE = "model.onnx"
+METRICS_FILE = "metrics.json"
+
+# Keys and names end up inside registry search filters; refusing quotes keeps those filters unambiguous.
+_SAFE_VALUE = re.compile(r"^[^'\"`\\\n\r]{1,250}$")
+
+
+@dataclass(frozen=True)
+class RegisteredModelVersion:
+    """One version of a registered model.
+
+    :param name: Registered model name.
+    :param version: Version as a string ("1", "2", ...).
+    :param run_id: The registration key the version was registered with (see :meth:`ModelRegistry.register`).
+    :param tags: The version's tags (lineage, champion decision, image digest...).
+    :param source: Where the backend stores the model files.
+    :param uri: A URI naming this version in the backend (e.g. ``models:/name/3``).
+    """
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    uri: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """True once registration finished (lineage tags written)."""
+        return self.tags.get(REGISTRATION_COMPLETE_TAG) == "true"
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """What the pipeline needs from a model registry."""
+
+    def find_version_by_run(self, model_name: str, run_id: str) -> RegisteredModelVersion | None:
+        """The version registered with this key, complete or not, or None."""
+
+    def register(self, model_name: str, artifacts_dir: Path, run_id: str, tags: dict) -> RegisteredModelVersion:
+        """Register ``artifacts_dir/model.onnx`` (+ ``metrics.json``) as a new version tagged with ``tags``.
+
+        Idempotent per ``run_id``: if a complete version with this key exists it is returned unchanged; an
+        incomplete one is completed.
+        """
+
+    def get_champion(self, model_name: str) -> RegisteredModelVersion | None:
+        """The version holding the ``champion`` alias, or None."""
+
+    def promote(self, model_name: str, version: str) -> None:
+        """Move the ``champion`` alias to ``version``."""
+
+    def set_tags(self, model_name: str, version: str, tags: dict) -> None:
+        """Set (add or overwrite) tags on a version."""
+
+    def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
+        """Download the version's ONNX file into ``dest_dir`` and return its path."""
+
+
+def _check_safe(what: str, value: str) -> str:
+    if not isinstance(value, str) or not _SAFE_VALUE.match(value):
+        raise ValueError(
+            f"Model registry: the {what} must be 1-250 characters without quotes, backslashes or newlines; "
+            f"found {value!r}. Pass a plain identifier (e.g. the training job id)."
+        )
+    return value
+
+
+def read_artifacts(artifacts_dir: Path) -> tuple[Path, dict]:
+    """Check a training artifacts folder and return (ONNX path, numeric metrics from metrics.json).
+
+    :raises ModelRegistryError: the folder or ``model.onnx`` is missing, or ``metrics.json`` is not JSON.
+    """
+    artifacts_dir = Path(artifacts_dir)
+    onnx_path = artifacts_dir / ONNX_FILE
+    if not onnx_path.is_file():
+        found = sorted(p.name for p in artifacts_dir.iterdir()) if artifacts_dir.is_dir() else "folder missing"
+        raise ModelRegistryError(
+            f"Model registry: expected the trained model at {onnx_path}, found {found}. "
+            "Check that the training job finished and its artifacts were copied back to this worker."
+        )
+    metrics: dict = {}
+    metrics_path = artifacts_dir / METRICS_FILE
+    if metrics_path.is_file():
+        try:
+            raw = json.loads(metrics_path.read_text())
+        except ValueError as exc:
+            raise ModelRegistryError(
+                f"Model registry: {metrics_path} is not valid JSON ({exc.msg} at line {exc.lineno}). "
+                "Re-run the training job; it writes this file."
+            ) from None
+        metrics = {
+            str(k): float(v)
+            for k, v in (raw.items() if isinstance(raw, dict) else ())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+    return onnx_path, metrics
+
+
+class MLflowModelRegistry:
+    """MLflow model registry (SQLite store, local artifacts): the local stand-in for the Azure ML registry.
+
+    Each registration is one MLflow run (tagged with the registration key) in the experiment
+    ``experiment_name``, whose artifact location lies under ``artifacts_dir``. The run logs the model with the
+    MLflow ONNX flavour, ``metrics.json`` and the numeric metrics; the registered version points at that
+    logged model and carries the lineage tags. Only :meth:`promote` moves the ``champion`` alias.
+
+    :param tracking_uri: MLflow tracking/registry URI, e.g. ``sqlite:////abs/path/mlflow.db``.
+    :param artifacts_dir: Folder under which the experiment's artifacts are stored.
+    :param experiment_name: MLflow experiment holding the registration runs.
+    """
+
+    def __init__(
+        self, tracking_uri: str, artifacts_dir: Path | str, experiment_name: str = config.MLFLOW_EXPERIMENT
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifacts_dir = Path(artifacts_dir).resolve()
+        self.experiment_name = experiment_name
+
+    def __repr__(self) -> str:
+        return f"MLflowModelRegistry(tracking_uri={self.tracking_uri!r}, artifacts_dir={str(self.artifacts_dir)!r})"
+
+    @cached_property
+    def client(self):
+        from mlflow import MlflowClient
+
+        parsed = urlparse(self.tracking_uri)
+        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+            # SQLite creates the file but not its folder; a fresh checkout has neither.
+            Path(parsed.path).parent.mkdir(parents=True, exist_ok=True)
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # -- lookups -------------------------------------------------------------------------------------------
+
+    def _to_version(self, mv) -> RegisteredModelVersion:
+        tags = dict(mv.tags or {})
+        return RegisteredModelVersion(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=tags.get(REGISTRATION_KEY_TAG),
+            tags=tags,
+            source=mv.source or "",
+            uri=f"models:/{mv.name}/{mv.version}",
+        )
+
+    def find_version_by_run(self, model_name: str, run_id: str) -> RegisteredModelVersion | None:
+        _check_safe("model name", model_name)
+        _check_safe("registration run id", run_id)
+        found = self.client.search_model_versions(
+            f"name = '{model_name}' and tags.`{REGISTRATION_KEY_TAG}` = '{run_id}'"
+        )
+        if not found:
+            return None
+        # More than one can only come from a concurrent double registration; the first one is canonical.
+        return self._to_version(min(found, key=lambda mv: int(mv.version)))
+
+    def get_champion(self, model_name: str) -> RegisteredModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        _check_safe("model name", model_name)
+        try:
+            registered = self.client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        version = (registered.aliases or {}).get(CHAMPION_ALIAS)
+        if version is None:
+            return None
+        return self._to_version(self.client.get_model_version(model_name, str(version)))
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def _experiment_id(self) -> str:
+        client = self.client
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            location = (self.artifacts_dir / self.experiment_name).as_uri()
+            return client.create_experiment(self.experiment_name, artifact_location=location)
+        if experiment.lifecycle_stage == "deleted":
+            # A deleted experiment still owns its name; restoring it is the only way to reuse the name.
+            client.restore_experiment(experiment.experiment_id)
+        location = urlparse(experiment.artifact_location).path or experiment.artifact_location
+        if not Path(location).resolve().is_relative_to(self.artifacts_dir):
+            log.warning(
+                "MLflow experiment %r stores artifacts at %s, outside EDGE_MLFLOW_ARTIFACTS_DIR=%s; new models go "
+                "there too. Use a new EDGE_MLFLOW_EXPERIMENT name to move them.",
+                self.experiment_name, location, self.artifacts_dir,
+            )
+        return experiment.experiment_id
+
+    def _log_model(self, run_id: str, artifacts_dir: Path) -> tuple[str, str, str]:
+        """Log the model once per registration key; return (MLflow run id, logged model id, model source)."""
+        import mlflow
+        import mlflow.onnx
+        import onnx
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        onnx_path, metrics = read_artifacts(artifacts_dir)
+        client = self.client
+        experiment_id = self._experiment_id()
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{REGISTRATION_KEY_TAG}` = '{run_id}'", max_results=1
+        )
+        run = runs[0] if runs else None
+        if run is not None and run.data.tags.get("edge.logged_model_id"):
+            model_id = run.data.tags["edge.logged_model_id"]
+            return run.info.run_id, model_id, client.get_logged_model(model_id).artifact_location
+        if run is None:
+            run = client.create_run(experiment_id, run_name=run_id[:250], tags={REGISTRATION_KEY_TAG: run_id})
+
+        # MLflow's model logging only exists in the fluent API, which reads a process-wide tracking URI.
+        with _use_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+            if metrics:
+                # Logged before the model so MLflow links them to the logged model too.
+                mlflow.log_metrics(metrics)
+            if (artifacts_dir / METRICS_FILE).is_file():
+                mlflow.log_artifact(str(artifacts_dir / METRICS_FILE))
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                name="model",
+                # One self-contained model.onnx: the scoring image and the next champion check copy one file.
+                save_as_external_data=False,
+            )
+            mlflow.set_tag("edge.logged_model_id", info.model_id)
+        return run.info.run_id, info.model_id, client.get_logged_model(info.model_id).artifact_location
+
+    def register(self, model_name: str, artifacts_dir: Path, run_id: str, tags: dict) -> RegisteredModelVersion:
+        """Register the trained model; see :meth:`ModelRegistry.register`.
+
+        :param model_name: Registered model name.
+        :param artifacts_dir: Local folder with ``model.onnx`` and ``metrics.json``.
+        :param run_id: Registration key, one per trained model and stable across retries (the training job id).
+        :param tags: Lineage tags for the version (string values).
+        :raises ModelRegistryError: the artifacts are missing, or the version was created but tagging failed.
+        """
+        from mlflow.exceptions import MlflowException
+
+        _check_safe("model name", model_name)
+        _check_safe("registration run id", run_id)
+        existing = self.find_version_by_run(model_name, run_id)
+        if existing is not None and existing.complete:
+            log.info("Model %s version %s is already registered for run %s", model_name, existing.version, run_id)
+            return existing
+
+        if existing is None:
+            mlflow_run_id, model_id, source = self._log_model(run_id, Path(artifacts_dir))
+            try:
+                self.client.create_registered_model(model_name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            mv = self.client.create_model_version(
+                model_name,
+                source=source,
+                run_id=mlflow_run_id,
+                tags={REGISTRATION_KEY_TAG: run_id},
+                model_id=model_id,
+            )
+            version = str(mv.version)
+            log.info("Registered model %s version %s for run %s", model_name, version, run_id)
+        else:
+            version = existing.version
+            log.warning(
+                "Model %s version %s for run %s was left incomplete by an earlier attempt; completing its tags",
+                model_name, version, run_id,
+            )
+
+        try:
+            self.set_tags(model_name, version, tags)
+            # Set last: its presence is what makes the version count as registered.
+            self.set_tags(model_name, version, {REGISTRATION_COMPLETE_TAG: "true"})
+        except Exception as exc:
+            raise ModelRegistryError(
+                f"Model registry: model {model_name} version {version} was created for run {run_id}, but writing "
+                f"its lineage tags failed ({type(exc).__name__}: {exc}). The version is incomplete (no "
+                f"{REGISTRATION_COMPLETE_TAG} tag) and will not be promoted. Retry the task: registration "
+                "resumes from this version and finishes the tags."
+            ) from exc
+        registered = self.find_version_by_run(model_name, run_id)
+        assert registered is not None  # the version was just created or found under this key
+        return registered
+
+    def set_tags(self, model_name: str, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name, str(version), key, str(value))
+
+    def promote(self, model_name: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
+        log.info("Model %s version %s is now the %s", model_name, version, CHAMPION_ALIAS)
+
+    def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
+        """Download a version's MLflow model folder into ``dest_dir``; return the ONNX file inside it.
+
+        :raises ModelRegistryError: the version is not an MLflow model with an ONNX flavour.
+        """
+        import mlflow.artifacts
+        from mlflow.models import Model
+
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        uri = self.client.get_model_version_download_uri(version.name, version.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest_dir)))
+        flavors = Model.load(str(local)).flavors
+        if "onnx" not in flavors:
+            raise ModelRegistryError(
+                f"Model registry: model {version.name} version {version.version} has flavours "
+                f"{sorted(flavors)}, not onnx. Only models registered by this pipeline can be packaged; "
+                "register an ONNX model."
+            )
+        return local / flavors["onnx"]["data"]
+
+
+def get_model_registry(backend: str | None = None) -> ModelRegistry:
+    """Return the model registry for ``backend`` (default: ``EDGE_MODEL_REGISTRY``, "mlflow").
+
+    :param backend: "mlflow" (SQLite-backed MLflow at ``MLFLOW_TRACKING_URI``, artifacts under
+        ``EDGE_MLFLOW_ARTIFACTS_DIR``).
+    :raises ValueError: unknown backend.
+    """
+    name = (backend or config.MODEL_REGISTRY).strip().lower()
+    if name == "mlflow":
+        return MLflowModelRegistry(config.MLFLOW_TRACKING_URI, config.MLFLOW_ARTIFACTS_DIR, config.MLFLOW_EXPERIMENT)
+    raise ValueError(
+        f"Model registry: unknown backend {name!r} (from the operator's registry_backend or EDGE_MODEL_REGISTRY). "
+        "Use 'mlflow'."
+    )
