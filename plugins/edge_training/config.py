@@ -44,3 +44,14 @@ MLFLOW_EXPERIMENT = os.getenv("EDGE_MLFLOW_EXPERIMENT", "edge-training")
 # Champion gate: the candidate must beat the champion by at least this much on the same holdout.
 PROMOTION_METRIC = os.getenv("EDGE_PROMOTION_METRIC", "roc_auc")
 PROMOTION_MARGIN = float(os.getenv("EDGE_PROMOTION_MARGIN", "0.0"))
+
+# Edge VM: where training runs on the VM, and the health check's thresholds (GB = 10^9 bytes).
+VM_WORK_DIR = os.getenv("EDGE_VM_WORK_DIR", "~/edge-training")
+VM_MIN_FREE_DISK_GB = float(os.getenv("EDGE_VM_MIN_FREE_DISK_GB", "5"))
+VM_MIN_FREE_MEMORY_GB = float(os.getenv("EDGE_VM_MIN_FREE_MEMORY_GB", "1"))
+VM_MAX_LOAD_PER_CPU = float(os.getenv("EDGE_VM_MAX_LOAD_PER_CPU", "2.0"))
+VM_MIN_PYTHON = os.getenv("EDGE_VM_MIN_PYTHON", "3.9")
+# Storage requests signed more than 15 minutes off are refused by Azure Storage; warn long before that.
+VM_MAX_CLOCK_SKEW_S = float(os.getenv("EDGE_VM_MAX_CLOCK_SKEW_S", "120"))
+VM_REQUIRE_GPU = os.getenv("EDGE_VM_REQUIRE_GPU", "false").lower() in ("1", "true", "yes")
+VM_REQUIRE_DOCKER = os.getenv("EDGE_VM_REQUIRE_DOCKER", "false").lower() in ("1", "true", "yes")

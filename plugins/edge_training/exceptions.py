@@ -42,3 +42,11 @@ class PromotionMetricError(EdgeTrainingError):
 class ModelRegistryError(EdgeTrainingError):
     """The model registry refused a request, holds an unexpected model, or a registration stopped half-way
     (a retry resumes it: registration is idempotent per run id)."""
+
+
+class EdgeVMConfigError(EdgeTrainingError):
+    """The edge VM connection is not safe to use as configured (e.g. no pinned host key). Fix the connection."""
+
+
+class EdgeVMCommandTimeoutError(EdgeTrainingError, TimeoutError):
+    """A command on the edge VM did not finish within its timeout (it was abandoned; retried)."""
