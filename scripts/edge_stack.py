@@ -52,6 +52,8 @@ REGISTRY_USER = "edge"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 EXIT_NOT_RUNNING = 3
+# Environment variable carried by every process of a stack (services and edge VM sessions): stop() finds them by it.
+STACK_MARKER = "EDGE_STACK_STATE_DIR"
 
 # Azurite's documented development account; it is public and identical on every install.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -119,6 +121,36 @@ def _read_cmdline(pid: int) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _reap(pid: int) -> None:
+    # When the stack was started from this very process (tests), its services are our children: collect their
+    # exit status so they do not linger as zombies.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _ancestry(pid: int) -> set[int]:
+    chain = set()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return chain
 
 
 def _shell_export(name: str, value: str) -> str:
@@ -231,14 +263,14 @@ class EdgeStack:
     def _spawn(self, service: str, argv: list[str]) -> int:
         log = open(self.log_file(service), "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            # A new session makes the service the leader of its own process group, so stop() can end it with
-            # everything it forked (sshd's per-connection children) and a Ctrl-C in the caller's shell does not.
+            # Own session: a Ctrl-C in the shell that ran `start` must not take the services down with it.
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
+                env={**os.environ, STACK_MARKER: str(self.state_dir)},
                 start_new_session=True,
             )
         finally:
@@ -246,41 +278,52 @@ class EdgeStack:
         self.pid_file(service).write_text(f"{proc.pid}\n")
         return proc.pid
 
-    def _terminate(self, service: str) -> None:
-        pid = self._pid(service)
-        if pid is not None:
-            self._signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while time.monotonic() < deadline and self._alive(pid):
-                time.sleep(0.1)
-            if self._alive(pid):
-                self._signal_group(pid, signal.SIGKILL)
-                time.sleep(0.2)
-            self._reap(pid)
-        self.pid_file(service).unlink(missing_ok=True)
-
-    @staticmethod
-    def _signal_group(pid: int, sig: int) -> None:
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
     def _alive(self, pid: int) -> bool:
-        self._reap(pid)
+        """The service process ``pid`` still runs and is still ours (its command line names the state folder)."""
+        _reap(pid)
         return str(self.state_dir) in _read_cmdline(pid)
 
-    @staticmethod
-    def _reap(pid: int) -> None:
-        # When the stack was started from this very process (tests), its services are our children: collect
-        # their exit status so they do not linger as zombies.
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    def _stop_service(self, service: str) -> None:
+        pid = self._pid(service)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.pid_file(service).unlink(missing_ok=True)
+
+    def _stack_processes(self) -> set[int]:
+        """Every live process that belongs to this stack.
+
+        That is each service, everything it forked (sshd's per-connection processes rename themselves, so their
+        command line no longer names the state folder), and every process started through the edge VM's SSH
+        sessions - also detached ones (``nohup ... &``) that no longer descend from sshd: they all carry
+        ``EDGE_STACK_STATE_DIR=<state folder>`` in their environment, set by this script and by sshd's SetEnv.
+        """
+        marker = f"{STACK_MARKER}={self.state_dir}".encode()
+        parents: dict[int, int] = {}
+        marked: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                stat = (entry / "stat").read_text()
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+            if marker in environ.split(b"\0"):
+                marked.add(pid)
+        roots = {pid for service in SERVICES if (pid := self._pid(service)) is not None}
+        found = roots | marked
+        frontier = set(found)
+        while frontier:
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+            found |= frontier
+        # Never the caller itself, nor whatever started it.
+        found -= _ancestry(os.getpid())
+        return {pid for pid in found if _running(pid)}
 
     # -- public API ------------------------------------------------------------------------------------------
 
@@ -312,6 +355,8 @@ class EdgeStack:
             "blob": lambda: [
                 str(AZURITE_BIN), "--blobHost", HOST, "--blobPort", str(ports["blob"]), "--skipApiVersionCheck",
                 "--loose", "--location", str(self.state_dir / "azurite"), "--silent",
+                # Telemetry would phone home (unreachable offline) and keeps Azurite alive ~10 s after SIGTERM.
+                "--disableTelemetry",
             ],
             "ssh": lambda: [tools["sshd"], "-D", "-f", str(self.ssh_dir / "sshd_config"), "-E", str(self.log_file("ssh"))],
             "registry": lambda: [tools["docker-registry"], "serve", str(self.registry_dir / "config.yml")],
@@ -341,7 +386,7 @@ class EdgeStack:
             # The sshd session PATH has no python3 with venv: hand the caller's PATH to SSH sessions and restart.
             state["ssh_set_path"] = True
             self._save_state(state)
-            self._terminate("ssh")
+            self._stop_service("ssh")
             self._write_sshd_config(ports["ssh"], set_path=True)
             self._spawn("ssh", builders["ssh"]())
             self._wait_ready("ssh", ports["ssh"])
@@ -355,9 +400,32 @@ class EdgeStack:
         return info
 
     def stop(self) -> None:
-        """Stop the services this stack started (only pids whose command line names this state folder)."""
-        for service in reversed(SERVICES):
-            self._terminate(service)
+        """Stop the services this stack started, and every process they or the edge VM's SSH sessions spawned.
+
+        Only processes that provably belong to this stack are signalled (see ``_stack_processes``); a pid file whose
+        pid now belongs to an unrelated process is ignored.
+        """
+        targets = self._stack_processes()
+        for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
+            for pid in targets:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while targets and time.monotonic() < deadline:
+                targets = {pid for pid in targets if _running(pid)}
+                if targets:
+                    time.sleep(0.1)
+            if not targets:
+                break
+        if targets:
+            raise EdgeStackError(
+                f"Sent SIGKILL to the edge stack in {self.state_dir}, but pids {sorted(targets)} still run. "
+                f"Check them with `ps -o pid,stat,cmd -p {','.join(map(str, sorted(targets)))}`."
+            )
+        for service in SERVICES:
+            self.pid_file(service).unlink(missing_ok=True)
 
     def status(self) -> dict[str, dict]:
         """Per service: ``{"running": bool, "pid": int | None, "port": int | None}``."""
@@ -518,8 +586,11 @@ class EdgeStack:
             "LogLevel VERBOSE",
             "Subsystem sftp internal-sftp",
         ]
+        session_env = {STACK_MARKER: str(self.state_dir)}
         if set_path:
-            lines.append(f"SetEnv PATH={self._session_path()}")
+            session_env["PATH"] = self._session_path()
+        # One SetEnv line: sshd keeps only the first SetEnv directive it reads.
+        lines.append("SetEnv " + " ".join(f'"{name}={value}"' for name, value in session_env.items()))
         (self.ssh_dir / "sshd_config").write_text("\n".join(lines) + "\n")
         self.known_hosts_path.write_text(f"[{HOST}]:{port} {self._host_key_line()}\n")
 
