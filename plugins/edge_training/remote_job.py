@@ -1,0 +1,489 @@
+"""Training jobs on the edge VM: job ids, the remote directory layout, and the shell commands that drive a job.
+
+Pure functions only (no Airflow, no SSH): the operator and the trigger run the commands built here through
+``EdgeVMHook.run``, and the tests run them with ``bash -c`` against a temporary directory.
+
+Layout under the base dir on the edge VM (default ``~/edge-training``)::
+
+    code/<code_hash>/            the shipped include/training folder ("code version"), ``.complete`` when whole
+    envs/<req_hash>/             virtualenv built from its requirements.txt, ``.complete`` when installed
+    jobs/<job_id>/
+        job.json                 what was submitted (no secrets)
+        run.sh                   the detached job script
+        .started/                created atomically once: the "this job id has been started" lock
+        pid                      process group id of the running job
+        exit_code                written when train.py ends (143 when killed)
+        train.log                stdout and stderr of train.py
+        out/  scratch/           model.onnx + metrics.json / temporary data (removed by cleanup)
+        blob.cs  champion.onnx   blob connection string (mode 600) / current champion (removed by cleanup)
+
+A job id is derived from the task instance, so a retry or a restarted worker finds the same directory and
+re-attaches to the job instead of training twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_DIR = "~/edge-training"
+LOG_TAIL_LINES = 40
+# A log tail travels in trigger events and exception messages: keep it small.
+LOG_TAIL_MAX_CHARS = 8000
+# train.py exit code for bad input (wrong window, no data): retrying the same job cannot help.
+EXIT_BAD_INPUT = 2
+EXIT_KILLED = 143
+# Seconds a job may sit "started" without a pid before it counts as lost (the launcher died mid-start).
+START_GRACE_SECONDS = 60
+
+TERMINAL_STATES = frozenset({"succeeded", "failed"})
+
+_STATUS_PREFIX = "EDGE_JOB_STATUS "
+
+
+def _slug(value: str, limit: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+    return slug[:limit].strip("_") or "x"
+
+
+def job_id(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """Deterministic, shell- and filesystem-safe id of the training job of one task instance.
+
+    A readable prefix (dag, task, run) plus a short hash of the full, unshortened identity, so two
+    runs whose prefixes collide after shortening still get different ids.
+    """
+    identity = json.dumps([dag_id, run_id, task_id, map_index])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    parts = [_slug(dag_id, 24), _slug(task_id, 24), _slug(run_id, 32)]
+    if map_index >= 0:
+        parts.append(f"m{map_index}")
+    return "-".join([*parts, digest])
+
+
+def _check_job_id(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_-]{1,128}", value):
+        raise ValueError(
+            f"Job id {value!r} is not of the form [a-z0-9_-]{{1,128}}; build it with remote_job.job_id()."
+        )
+    return value
+
+
+def collect_code(root: Path) -> dict[str, bytes]:
+    """Read the training code folder into ``{relative posix path: content}``, skipping caches."""
+    files: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_dir() or "__pycache__" in rel.parts or path.suffix in {".pyc", ".pyo"}:
+            continue
+        files[rel.as_posix()] = path.read_bytes()
+    return files
+
+
+def code_hash(files: Mapping[str, bytes]) -> str:
+    """Content hash of the training code: the "code version" recorded with every model."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()[:16]
+
+
+def requirements_hash(text: str) -> str:
+    """Hash of a requirements file, ignoring comments, blank lines and surrounding whitespace."""
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    normalised = "\n".join(line for line in lines if line)
+    return hashlib.sha256(normalised.encode()).hexdigest()[:16]
+
+
+def quote_path(path: str) -> str:
+    """Shell-quote a remote path, keeping a leading ``~`` expandable (quoting alone would make it literal)."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+@dataclass(frozen=True)
+class RemoteLayout:
+    """Paths of one base dir on the edge VM. Use an absolute base (see resolve_base_command) for SFTP."""
+
+    base_dir: str = DEFAULT_BASE_DIR
+
+    def code_dir(self, code_version: str) -> str:
+        return f"{self.base_dir}/code/{code_version}"
+
+    def env_dir(self, req_hash: str) -> str:
+        return f"{self.base_dir}/envs/{req_hash}"
+
+    def job_dir(self, job: str) -> str:
+        return f"{self.base_dir}/jobs/{_check_job_id(job)}"
+
+    def job_file(self, job: str, name: str) -> str:
+        return f"{self.job_dir(job)}/{name}"
+
+
+def resolve_base_command(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Create the base dir if needed and print its absolute path (SFTP does not expand ``~``)."""
+    q = quote_path(base_dir)
+    return f"umask 077 && mkdir -p {q} && cd {q} && pwd -P"
+
+
+def code_present_command(base_dir: str, code_version: str) -> str:
+    """Print ``present`` or ``missing`` for a shipped code version."""
+    marker = quote_path(f"{RemoteLayout(base_dir).code_dir(code_version)}/.complete")
+    return f"if [ -f {marker} ]; then echo present; else echo missing; fi"
+
+
+def mkdirs_command(paths: Sequence[str]) -> str:
+    """Create remote directories (private to the SSH user), e.g. before an SFTP upload."""
+    return "umask 077 && mkdir -p " + " ".join(quote_path(p) for p in paths)
+
+
+def mark_code_complete_command(base_dir: str, code_version: str) -> str:
+    """Mark a code version as fully uploaded; written last so a half upload is never used."""
+    return "touch " + quote_path(f"{RemoteLayout(base_dir).code_dir(code_version)}/.complete")
+
+
+def prepare_env_command(
+    base_dir: str,
+    req_hash: str,
+    requirements_path: str,
+    python: str = "python3",
+    pip_args: Sequence[str] = (),
+    lock_timeout: int = 1800,
+) -> str:
+    """Build the training virtualenv for one requirements hash, once.
+
+    Idempotent: an env with its ``.complete`` marker is reused as is. ``flock`` serialises two runs that
+    need the same env; the second one finds the marker when it gets the lock. A half-built env (no marker,
+    e.g. pip was interrupted) is removed and built again.
+    """
+    env = RemoteLayout(base_dir).env_dir(req_hash)
+    qenv = quote_path(env)
+    pip = " ".join(shlex.quote(a) for a in pip_args)
+    return f"""set -eu
+umask 077
+env_dir={qenv}
+if [ -f "$env_dir/.complete" ]; then echo "training env ready (cached): $env_dir"; exit 0; fi
+mkdir -p "$(dirname "$env_dir")"
+exec 9>"$env_dir.lock"
+if ! flock -w {int(lock_timeout)} 9; then
+  echo "training env $env_dir: another run has held its lock for {int(lock_timeout)}s; check for a stuck pip on the edge VM" >&2
+  exit 3
+fi
+if [ -f "$env_dir/.complete" ]; then echo "training env ready (built by another run): $env_dir"; exit 0; fi
+rm -rf "$env_dir"
+{shlex.quote(python)} -m venv "$env_dir"
+"$env_dir/bin/python" -m pip install --disable-pip-version-check --no-input -q {pip} -r {quote_path(requirements_path)}
+touch "$env_dir/.complete"
+echo "training env built: $env_dir"
+"""
+
+
+def training_args(
+    container: str,
+    start: str,
+    end: str,
+    holdout_days: int = 1,
+    params: Mapping[str, Any] | None = None,
+    champion: bool = False,
+) -> list[str]:
+    """Arguments of ``train.py``; file arguments are relative to the job dir, where the job runs."""
+    args = [
+        "--container", container,
+        "--start", start,
+        "--end", end,
+        "--out", "out",
+        "--scratch", "scratch",
+        "--holdout-days", str(int(holdout_days)),
+        "--connection-string-file", "blob.cs",
+    ]  # fmt: skip
+    if params:
+        args += ["--params", json.dumps(dict(params), sort_keys=True)]
+    if champion:
+        args += ["--champion", "champion.onnx"]
+    return args
+
+
+def _run_script(code_version: str, req_hash: str, args: Sequence[str]) -> str:
+    # Relative paths: the job dir sits two levels under the base dir, so the script works wherever the
+    # base dir is (and whatever ``~`` is) on the VM.
+    python = f"../../envs/{req_hash}/bin/python"
+    train = f"../../code/{code_version}/train.py"
+    command = " ".join(shlex.quote(a) for a in [python, train, *args])
+    return f"""#!/usr/bin/env bash
+# Edge training job: runs detached in its own session; its pid is the process group to signal.
+cd "$(dirname "$0")" || exit 1
+echo $$ > pid.tmp && mv pid.tmp pid
+{command} > train.log 2>&1
+ec=$?
+echo $ec > exit_code.tmp && mv exit_code.tmp exit_code
+"""
+
+
+STATUS_SCRIPT = r"""
+import json, os, sys, time
+d = sys.argv[1]
+extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+def read(name):
+    try:
+        with open(os.path.join(d, name), errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+def mtime(name):
+    try:
+        return os.stat(os.path.join(d, name)).st_mtime
+    except OSError:
+        return None
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # An exited process stays visible (state Z) until its new parent reaps it: that is not alive.
+        with open("/proc/%%d/stat" %% pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+def tail():
+    try:
+        with open(os.path.join(d, "train.log"), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().decode("utf-8", "replace").splitlines()[-%(lines)d:]
+    except OSError:
+        return ""
+    return "\n".join(lines)[-%(chars)d:]
+st = {"state": "missing", "exit_code": None, "pid": None, "reason": "", "log_tail": "",
+      "started_at": mtime(".started"), "finished_at": None, "job": None}
+st.update(extra)
+job = read("job.json")
+if job:
+    try:
+        st["job"] = json.loads(job)
+    except ValueError:
+        pass
+if st["started_at"] is None:
+    st["reason"] = "no job with this id has been started"
+else:
+    pid = read("pid")
+    st["pid"] = int(pid) if pid and pid.isdigit() else None
+    def finished():
+        code = read("exit_code")
+        if code is None or not code.lstrip("-").isdigit():
+            return False
+        st["exit_code"] = int(code)
+        st["finished_at"] = mtime("exit_code")
+        st["state"] = "succeeded" if st["exit_code"] == 0 else "failed"
+        if os.path.exists(os.path.join(d, "killed")):
+            st["reason"] = "killed"
+        else:
+            st["reason"] = "train.py exited with code %%d" %% st["exit_code"]
+        return True
+    if not finished():
+        if st["pid"] is not None and alive(st["pid"]):
+            st["state"] = "running"
+        elif st["pid"] is None and time.time() - st["started_at"] < %(grace)d:
+            st["state"] = "running"
+            st["reason"] = "starting"
+        elif not finished():
+            st["state"] = "failed"
+            st["reason"] = ("lost: the job process is gone without an exit code "
+                            "(edge VM rebooted or the process was killed outside Airflow)")
+st["log_tail"] = tail()
+print(%(prefix)r + json.dumps(st))
+""" % {"lines": LOG_TAIL_LINES, "chars": LOG_TAIL_MAX_CHARS, "grace": START_GRACE_SECONDS, "prefix": _STATUS_PREFIX}
+
+
+def _status_snippet(job_dir_expr: str, extra: Mapping[str, Any] | None = None) -> str:
+    args = [shlex.quote(STATUS_SCRIPT), job_dir_expr]
+    if extra:
+        args.append(shlex.quote(json.dumps(dict(extra))))
+    return "python3 -c " + " ".join(args)
+
+
+def status_command(base_dir: str, job: str, script_on_stdin: bool = False) -> str:
+    """Print one status line for the job; parse it with :func:`parse_status`.
+
+    With ``script_on_stdin`` the command is short (``python3 - <job dir>``) and the caller sends
+    :data:`STATUS_SCRIPT` as its stdin: polling then logs one short line per check, not the whole script.
+    """
+    job_dir = quote_path(RemoteLayout(base_dir).job_dir(job))
+    if script_on_stdin:
+        return f"python3 - {job_dir}"
+    return _status_snippet(job_dir)
+
+
+def start_job_command(
+    base_dir: str,
+    job: str,
+    code_version: str,
+    req_hash: str,
+    args: Sequence[str],
+) -> str:
+    """Start ``train.py`` detached, at most once per job id, and print the job's status line.
+
+    ``mkdir jobs/<id>/.started`` is the atomic lock: whoever creates it starts the job; anyone else
+    (a retry, a second worker racing) starts nothing and prints the state of the existing job.
+    The status line carries ``"started": true`` only for the call that actually started it.
+    """
+    q = quote_path(RemoteLayout(base_dir).job_dir(job))
+    script = _run_script(code_version, req_hash, args)
+    return f"""set -u
+umask 077
+job_dir={q}
+mkdir -p "$job_dir"
+if ! mkdir "$job_dir/.started" 2>/dev/null; then
+  {_status_snippet('"$job_dir"', {"started": False})}
+  exit 0
+fi
+cd "$job_dir"
+printf '%s' {shlex.quote(script)} > run.sh
+mkdir -p out scratch
+setsid nohup bash run.sh </dev/null >/dev/null 2>&1 &
+# run.sh writes its own pid as soon as it runs; wait for it so the caller sees a pid.
+for _ in $(seq 1 100); do [ -s pid ] && break; sleep 0.1; done
+{_status_snippet('"$job_dir"', {"started": True})}
+"""
+
+
+def kill_command(base_dir: str, job: str, grace_seconds: int = 10) -> str:
+    """Stop the job's whole process group (TERM, then KILL after a grace period) and record exit 143."""
+    q = quote_path(RemoteLayout(base_dir).job_dir(job))
+    steps = max(1, int(grace_seconds) * 5)
+    return f"""job_dir={q}
+[ -d "$job_dir" ] || {{ echo "no job dir $job_dir: nothing to kill"; exit 0; }}
+cd "$job_dir"
+p="$(cat pid 2>/dev/null || true)"
+# A pid of 0 or 1 would turn "kill -- -p" into a broadcast: only signal a plausible process group.
+if [ -n "$p" ] && [ "$p" -gt 1 ] 2>/dev/null; then
+  [ -e exit_code ] || touch killed
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+  # Wait until no live (non-zombie) process is left in the group; exited ones linger until reaped.
+  for _ in $(seq 1 {steps}); do
+    ps -e -o pgid=,stat= | awk -v g="$p" '$1 == g && $2 !~ /^Z/ {{ found = 1 }} END {{ exit !found }}' || break
+    sleep 0.2
+  done
+  kill -KILL -- "-$p" 2>/dev/null || true
+  if [ ! -e exit_code ]; then echo {EXIT_KILLED} > exit_code.tmp && mv exit_code.tmp exit_code; fi
+  echo "killed job process group $p"
+else
+  echo "job has no pid yet: nothing to kill"
+fi
+"""
+
+
+def cleanup_command(base_dir: str, job: str) -> str:
+    """Remove what must not linger on the VM after the outputs are fetched; keeps train.log and job.json."""
+    q = quote_path(RemoteLayout(base_dir).job_dir(job))
+    return f'job_dir={q}; rm -rf "$job_dir/scratch" "$job_dir/out" "$job_dir/champion.onnx" "$job_dir/blob.cs"'
+
+
+def archive_failed_command(base_dir: str, job: str) -> str:
+    """Move a failed job's dir aside (``jobs/<id>.failed-<epoch>``) so the next task try can start afresh.
+
+    Guarded on the VM, not only by the caller's view: a job that is running (live pid) or still starting
+    (no pid yet) is never moved, so two racing retries cannot archive the job one of them just started.
+    The connection string is removed from the archived copy.
+    """
+    q = quote_path(RemoteLayout(base_dir).job_dir(job))
+    return f"""job_dir={q}
+[ -d "$job_dir" ] || exit 0
+code="$(cat "$job_dir/exit_code" 2>/dev/null || true)"
+p="$(cat "$job_dir/pid" 2>/dev/null || true)"
+failed=no
+if [ -n "$code" ] && [ "$code" != 0 ]; then failed=yes
+elif [ -z "$code" ] && [ -n "$p" ] && ! kill -0 "$p" 2>/dev/null; then failed=yes
+fi
+if [ "$failed" = yes ]; then
+  dest="$job_dir.failed-$(date +%s)"
+  mv "$job_dir" "$dest" && rm -f "$dest/blob.cs" && echo "archived failed job to $dest"
+else
+  echo "job is not failed: left in place"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """State of one job on the edge VM, as printed by :func:`status_command`."""
+
+    state: str
+    exit_code: int | None = None
+    pid: int | None = None
+    log_tail: str = ""
+    reason: str = ""
+    started: bool | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    job: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def training_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 1)
+
+
+class StatusParseError(ValueError):
+    """The status command printed no status line (e.g. no python3 on the VM, or a shell error)."""
+
+
+def parse_status(stdout: str) -> JobStatus:
+    """Parse the output of :func:`status_command` / :func:`start_job_command`."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_STATUS_PREFIX):
+            data = json.loads(line[len(_STATUS_PREFIX) :])
+            return JobStatus(
+                state=data["state"],
+                exit_code=data.get("exit_code"),
+                pid=data.get("pid"),
+                log_tail=data.get("log_tail") or "",
+                reason=data.get("reason") or "",
+                started=data.get("started"),
+                started_at=data.get("started_at"),
+                finished_at=data.get("finished_at"),
+                job=data.get("job"),
+            )
+    raise StatusParseError(
+        "Checked the edge VM job status output for a status line; found none "
+        f"({len(stdout)} characters of output). Check that python3 is on the SSH user's PATH on the edge VM."
+    )
+
+
+def status_event(job: str, status: JobStatus, timed_out: bool = False) -> dict[str, Any]:
+    """The trigger event payload for a terminal (or timed-out) job status."""
+    if timed_out:
+        return {
+            "status": "error",
+            "job_id": job,
+            "timed_out": True,
+            "message": f"did not finish before the timeout (last state: {status.state})",
+            "log_tail": status.log_tail,
+            "exit_code": status.exit_code,
+        }
+    ok = status.state == "succeeded"
+    return {
+        "status": "success" if ok else "error",
+        "job_id": job,
+        "timed_out": False,
+        "message": "finished successfully" if ok else f"failed: {status.reason}",
+        "log_tail": status.log_tail,
+        "exit_code": status.exit_code,
+    }
