@@ -55,3 +55,13 @@ VM_MIN_PYTHON = os.getenv("EDGE_VM_MIN_PYTHON", "3.9")
 VM_MAX_CLOCK_SKEW_S = float(os.getenv("EDGE_VM_MAX_CLOCK_SKEW_S", "120"))
 VM_REQUIRE_GPU = os.getenv("EDGE_VM_REQUIRE_GPU", "false").lower() in ("1", "true", "yes")
 VM_REQUIRE_DOCKER = os.getenv("EDGE_VM_REQUIRE_DOCKER", "false").lower() in ("1", "true", "yes")
+
+# Training job on the edge VM: local copy of the fetched model + metrics, the code shipped to the VM, how the VM
+# builds its training env (interpreter, extra pip arguments such as --index-url for a site mirror), and waiting.
+ARTIFACTS_DIR = Path(os.getenv("EDGE_ARTIFACTS_DIR", str(PROJECT_ROOT / ".edge-stack" / "artifacts")))
+TRAINING_CODE_DIR = Path(os.getenv("EDGE_TRAINING_CODE_DIR", str(INCLUDE_DIR / "training")))
+VM_PYTHON = os.getenv("EDGE_VM_PYTHON", "python3")
+VM_PIP_ARGS = os.getenv("EDGE_VM_PIP_ARGS", "")
+VM_ENV_TIMEOUT_S = float(os.getenv("EDGE_VM_ENV_TIMEOUT_S", "1800"))
+TRAINING_TIMEOUT_S = float(os.getenv("EDGE_TRAINING_TIMEOUT_S", str(6 * 3600)))
+TRAINING_POLL_INTERVAL_S = float(os.getenv("EDGE_TRAINING_POLL_INTERVAL_S", "30"))

@@ -50,3 +50,7 @@ class EdgeVMConfigError(EdgeTrainingError):
 
 class EdgeVMCommandTimeoutError(EdgeTrainingError, TimeoutError):
     """A command on the edge VM did not finish within its timeout (it was abandoned; retried)."""
+
+
+class EdgeVMJobError(EdgeTrainingError):
+    """A step of the training job on the edge VM failed (shipping code, building its env, fetching outputs)."""
