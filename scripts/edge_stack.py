@@ -26,6 +26,8 @@ import argparse
 import base64
 import dataclasses
 import getpass
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -159,7 +161,10 @@ def _shell_export(name: str, value: str) -> str:
 
 def _http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int:
     """Return the HTTP status of a GET, also for 4xx/5xx answers (they prove the server is up)."""
-    request = urllib.request.Request(url, headers=headers or {})
+    return _http_status_of(urllib.request.Request(url, headers=headers or {}), timeout)
+
+
+def _http_status_of(request: urllib.request.Request, timeout: float = 5.0) -> int:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
             return response.status
@@ -347,8 +352,8 @@ class EdgeStack:
         self._save_state(state)
 
         self._ensure_ssh_keys(tools)
-        password = self._ensure_registry_password()
-        self._write_registry_config(ports["registry"], password)
+        self._ensure_registry_credentials()
+        self._write_registry_config(ports["registry"])
         self._write_sshd_config(ports["ssh"], set_path=state.get("ssh_set_path", False))
 
         builders: dict[str, Callable[[], list[str]]] = {
@@ -358,7 +363,9 @@ class EdgeStack:
                 # Telemetry would phone home (unreachable offline) and keeps Azurite alive ~10 s after SIGTERM.
                 "--disableTelemetry",
             ],
-            "ssh": lambda: [tools["sshd"], "-D", "-f", str(self.ssh_dir / "sshd_config"), "-E", str(self.log_file("ssh"))],
+            "ssh": lambda: [
+                tools["sshd"], "-D", "-f", str(self.ssh_dir / "sshd_config"), "-E", str(self.log_file("ssh")),
+            ],
             "registry": lambda: [tools["docker-registry"], "serve", str(self.registry_dir / "config.yml")],
         }
         started = []
@@ -378,8 +385,7 @@ class EdgeStack:
 
         for service in SERVICES:
             self._wait_ready(service, ports[service])
-        if "blob" in started:
-            self._create_container(ports["blob"])
+        self._create_container(ports["blob"])
         if "ssh" in started and not self._remote_python_has_venv(ports["ssh"]):
             if state.get("ssh_set_path"):
                 raise EdgeStackError(self._no_venv_message())
@@ -618,7 +624,7 @@ class EdgeStack:
             f"Install it (apt-get install python3-venv) and run start again; sshd log: {self.log_file('ssh')}"
         )
 
-    def _ensure_registry_password(self) -> str:
+    def _ensure_registry_credentials(self) -> None:
         path = self.registry_dir / "password"
         if not path.exists():
             _write_private(path, secrets.token_urlsafe(24) + "\n")
@@ -628,17 +634,17 @@ class EdgeStack:
             try:
                 import bcrypt
             except ImportError:
+                # -i reads the password from stdin, so it never shows in the process list.
                 subprocess.run(
-                    ["htpasswd", "-Bbc", str(htpasswd), REGISTRY_USER, password],
-                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    ["htpasswd", "-Bic", str(htpasswd), REGISTRY_USER],
+                    input=password + "\n", text=True, check=True, capture_output=True,
                 )
                 os.chmod(htpasswd, 0o600)
             else:
                 hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
                 _write_private(htpasswd, f"{REGISTRY_USER}:{hashed}\n")
-        return password
 
-    def _write_registry_config(self, port: int, password: str) -> None:
+    def _write_registry_config(self, port: int) -> None:
         http_secret_file = self.registry_dir / "http_secret"
         if not http_secret_file.exists():
             _write_private(http_secret_file, secrets.token_hex(16) + "\n")
@@ -692,18 +698,36 @@ class EdgeStack:
             return sock.recv(64).startswith(b"SSH-2.0-")
 
     def _create_container(self, port: int) -> None:
-        from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import BlobServiceClient
-
-        service = BlobServiceClient.from_connection_string(
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://{HOST}:{port}/{AZURITE_ACCOUNT};"
+        """Create the blob container (Shared Key signed REST call: keeps this script free of the Azure SDK)."""
+        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+        version = "2021-12-02"
+        # Path-style emulator URLs repeat the account name: /<account>/<account>/<container>.
+        content_type = "application/octet-stream"
+        # VERB, Content-Encoding, -Language, -Length ("" for 0), -MD5, -Type, Date, If-* (4), Range; then x-ms-*.
+        string_to_sign = "\n".join(["PUT", "", "", "", "", content_type, "", "", "", "", "", ""]) + "\n" + (
+            f"x-ms-date:{date}\nx-ms-version:{version}\n"
+            f"/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{BLOB_CONTAINER}\nrestype:container"
         )
-        try:
-            service.create_container(BLOB_CONTAINER)
-        except ResourceExistsError:
-            pass
-
+        signature = base64.b64encode(
+            hmac.new(base64.b64decode(AZURITE_KEY), string_to_sign.encode(), hashlib.sha256).digest()
+        ).decode()
+        request = urllib.request.Request(
+            f"http://{HOST}:{port}/{AZURITE_ACCOUNT}/{BLOB_CONTAINER}?restype=container",
+            method="PUT",
+            data=b"",
+            headers={
+                "Content-Type": content_type,
+                "x-ms-date": date,
+                "x-ms-version": version,
+                "Authorization": f"SharedKey {AZURITE_ACCOUNT}:{signature}",
+            },
+        )
+        status = _http_status_of(request)
+        if status not in (201, 409):  # 409: the container already exists.
+            raise EdgeStackError(
+                f"Creating blob container {BLOB_CONTAINER!r} on {HOST}:{port} answered HTTP {status} "
+                f"(expected 201 or 409). See {self.log_file('blob')} and restart the stack."
+            )
 
 def registry_basic_auth(user: str, password: str) -> dict[str, str]:
     """HTTP headers for basic auth against the local registry."""
@@ -731,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             info = stack.start()
             print(f"blob      {info.blob_endpoint} (container {BLOB_CONTAINER})")
             print(f"edge VM   ssh {info.ssh_user}@{info.ssh_host} -p {info.ssh_port} -i {info.ssh_private_key_path}")
-            print(f"registry  {info.registry_host} (user {info.registry_user}, password in {stack.registry_dir / 'password'})")
+            password_file = stack.registry_dir / "password"
+            print(f"registry  {info.registry_host} (user {info.registry_user}, password in {password_file})")
             print(f"Airflow connections and settings: source {stack.env_file}")
             return 0
         if args.command == "stop":

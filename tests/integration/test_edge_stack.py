@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.edge_stack import SERVICES, EdgeStack, registry_basic_auth
+from scripts.edge_stack import SERVICES, EdgeStack, EdgeStackError, registry_basic_auth
 
 pytestmark = pytest.mark.integration
 
@@ -109,8 +109,9 @@ def test_env_file_is_private_and_sourceable(edge_stack):
     env_file = edge_stack.state_dir / "airflow.env"
     assert env_file.stat().st_mode & 0o777 == 0o600
 
+    dump_environ = f"{sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
     dumped = subprocess.run(
-        ["bash", "-c", f"source {env_file} && {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'"],
+        ["bash", "-c", f"source {env_file} && {dump_environ}"],
         capture_output=True, text=True, check=True, timeout=30,
     )
 
@@ -204,3 +205,62 @@ def test_stop_ends_every_process_of_the_stack(tmp_path):
     status = subprocess.run([*CLI, "status", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=30)
     assert status.returncode == 3
     assert [line.split()[1] for line in status.stdout.splitlines()] == ["stopped"] * len(SERVICES)
+
+
+def test_a_recycled_pid_is_neither_reported_running_nor_killed(tmp_path):
+    # A pid file left behind by a crash, whose pid now belongs to some unrelated process.
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "blob.pid").write_text(f"{unrelated.pid}\n")
+        stack = EdgeStack(tmp_path, free_ports=True)
+
+        assert stack.status()["blob"]["running"] is False
+        stack.stop()
+
+        assert unrelated.poll() is None
+        assert not (tmp_path / "blob.pid").exists()
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_missing_azurite_names_the_install_command(tmp_path, monkeypatch):
+    from scripts import edge_stack
+
+    monkeypatch.setattr(edge_stack, "AZURITE_BIN", tmp_path / "node_modules" / ".bin" / "azurite-blob")
+
+    with pytest.raises(edge_stack.EdgeStackError, match=r"Azurite .* not found\. Install it with: cd .* && npm ci"):
+        EdgeStack(tmp_path / "stack", free_ports=True).start()
+
+
+def test_a_taken_port_is_reported_not_stolen(tmp_path):
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        (tmp_path / "stack.json").write_text(json.dumps({"ports": {"blob": taken, "ssh": 1, "registry": 1}}))
+        stack = EdgeStack(tmp_path)
+
+        with pytest.raises(EdgeStackError, match=rf"Port 127\.0\.0\.1:{taken} for blob is already in use"):
+            stack.start()
+
+    assert _stack_pids_alive(tmp_path) == []
+
+
+def test_a_service_that_dies_on_start_points_to_its_log(tmp_path):
+    stack = EdgeStack(tmp_path, free_ports=True)
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    # An unreadable host key makes sshd exit at once.
+    (ssh_dir / "host_ed25519_key").write_text("not a key\n")
+    (ssh_dir / "host_ed25519_key.pub").write_text("ssh-ed25519 AAAAnotakey edge-vm-host\n")
+    try:
+        with pytest.raises(EdgeStackError, match=r"ssh exited while starting") as failed:
+            stack.start()
+    finally:
+        stack.stop()
+
+    assert str(tmp_path / "ssh.log") in str(failed.value)
+    assert _stack_pids_alive(tmp_path) == []
