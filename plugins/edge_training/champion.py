@@ -41,6 +41,21 @@ class PromotionDecision:
     metric: str = "roc_auc"
 
 
+def split_metrics(document: dict | None) -> tuple[dict, dict | None]:
+    """Split the training job's metrics into (candidate metrics, champion metrics on the same holdout).
+
+    Accepts both the full ``metrics.json`` document (``{"metrics": {...}, "champion_metrics": {...}, ...}``)
+    and a flat dict of metrics with an optional ``champion_metrics`` entry.
+    """
+    document = document if isinstance(document, dict) else {}
+    champion = document.get("champion_metrics")
+    candidate = document.get("metrics") if isinstance(document.get("metrics"), dict) else document
+    return (
+        {k: v for k, v in candidate.items() if k != "champion_metrics"},
+        champion if isinstance(champion, dict) else None,
+    )
+
+
 def _score(metrics: dict | None, metric: str, whose: str) -> float:
     if not isinstance(metrics, dict):
         raise PromotionMetricError(

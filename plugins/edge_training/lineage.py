@@ -13,6 +13,8 @@ import re
 from datetime import date, datetime
 from typing import Any
 
+from edge_training.champion import split_metrics
+
 # Registries bound tag values (MLflow: 5000 chars, Azure ML lower); lineage values are short by nature,
 # so anything longer is a symptom and gets truncated visibly.
 MAX_TAG_VALUE_LENGTH = 250
@@ -110,7 +112,10 @@ def lineage_tags(
         "edge.vm_host_fingerprint": training.get("vm_host_fingerprint"),
         "edge.training_seconds": training.get("training_seconds"),
     }
-    metrics = training.get("metrics") or {}
+    metrics, _ = split_metrics(training.get("metrics"))
+    document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
+    # What the edge VM actually read, next to what validation checked: equal when nothing changed in between.
+    tags["edge.training_data_fingerprint"] = document.get("data_fingerprint")
     for name in sorted(metrics):
         # Only scalar numbers: nested dicts (champion_metrics, confusion matrices) are not lineage.
         if _is_number(metrics[name]):

@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from edge_training import config
+from edge_training.champion import split_metrics
 from edge_training.exceptions import ModelRegistryError
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,10 @@ def read_artifacts(artifacts_dir: Path) -> tuple[Path, dict]:
                 f"Model registry: {metrics_path} is not valid JSON ({exc.msg} at line {exc.lineno}). "
                 "Re-run the training job; it writes this file."
             ) from None
+        candidate, _ = split_metrics(raw)
         metrics = {
             str(k): float(v)
-            for k, v in (raw.items() if isinstance(raw, dict) else ())
+            for k, v in candidate.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
     return onnx_path, metrics

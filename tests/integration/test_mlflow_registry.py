@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from edge_training.exceptions import ModelRegistryError
+from edge_training.exceptions import DataValidationError, ModelRegistryError
+from edge_training.operators.register import RegisterModelOperator
 from edge_training.registry import (
     CHAMPION_ALIAS,
     REGISTRATION_COMPLETE_TAG,
@@ -35,9 +38,14 @@ def _build_artifacts(folder: Path, seed: int, roc_auc: float) -> tuple[Path, np.
     folder.mkdir(parents=True)
     onx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}})
     (folder / "model.onnx").write_bytes(onx.SerializeToString())
-    (folder / "metrics.json").write_text(
-        json.dumps({"roc_auc": roc_auc, "pr_auc": 0.5, "n_train": 160, "n_holdout": 40, "champion_metrics": None})
-    )
+    # Same shape as include/training/train.py writes.
+    document = {
+        "schema_version": 1,
+        "metrics": {"roc_auc": roc_auc, "pr_auc": 0.5, "n_train": 160, "n_holdout": 40},
+        "champion_metrics": None,
+        "data_fingerprint": "sha256:abc",
+    }
+    (folder / "metrics.json").write_text(json.dumps(document))
     return folder, x[:20]
 
 
@@ -145,3 +153,98 @@ def test_factory_defaults_to_mlflow_and_rejects_unknown_backends(monkeypatch, tm
     assert isinstance(reg, MLflowModelRegistry) and reg.tracking_uri.endswith("m.db")
     with pytest.raises(ValueError, match="unknown backend 'nosuch'"):
         get_model_registry("nosuch")
+
+
+def _training(folder: Path, job_id: str, champion_roc_auc: float | None) -> dict:
+    document = json.loads((folder / "metrics.json").read_text())
+    document["champion_metrics"] = None if champion_roc_auc is None else {"roc_auc": champion_roc_auc}
+    return {
+        "job_id": job_id,
+        "artifacts_dir": str(folder),
+        "metrics": document,
+        "code_version": "c0de",
+        "vm_host_fingerprint": "SHA256:vm",
+        "window": "2026-11-13/2026-11-20",
+        "training_seconds": 3.2,
+    }
+
+
+VALIDATION = {
+    "window": "2026-11-13/2026-11-20",
+    "partitions": ["dt=2026-11-13", "dt=2026-11-14"],
+    "row_count": 480,
+    "data_fingerprint": "sha256:abc",
+    "validation_id": "val-1",
+    "data_docs": "/reports/index.html",
+    "success": True,
+}
+
+
+def _run_operator(training: dict, force="{{ params.force_promote }}", validation=VALIDATION, run_id="manual__1"):
+    op = RegisterModelOperator(
+        task_id="register_model", model_name=MODEL, training=training, validation=validation, force_promote=force
+    )
+    context = {
+        "ti": SimpleNamespace(dag_id="edge_training", run_id=run_id),
+        "data_interval_start": datetime(2026, 11, 13, tzinfo=timezone.utc),
+        "data_interval_end": datetime(2026, 11, 20, tzinfo=timezone.utc),
+    }
+    if force == "{{ params.force_promote }}":
+        op.force_promote = "False"  # what a non-native template renders for the Param's default
+    return op.execute(context)
+
+
+def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys):
+    from edge_training import config
+
+    monkeypatch.setattr(config, "MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(config, "MLFLOW_ARTIFACTS_DIR", tmp_path / "artifacts")
+    registry = get_model_registry()
+
+    good, _ = _build_artifacts(tmp_path / "good", seed=1, roc_auc=0.91)
+    first = _run_operator(_training(good, "job-1", None), run_id="scheduled__2026-11-20T02:00:00+00:00")
+    assert first["version"] == "1" and first["promoted"] is True
+    assert first["decision"]["outcome"] == "promoted_no_champion"
+    assert registry.get_champion(MODEL).version == "1"
+    stored = registry.find_version_by_run(MODEL, "job-1").tags
+    assert stored["edge.dag_run_id"] == "scheduled__2026-11-20T02:00:00+00:00"
+    assert stored["edge.data_interval_end"] == "2026-11-20T00:00:00+00:00"
+    assert stored["edge.validation_success"] == "true"
+    assert stored["metric.roc_auc"] == "0.91"
+    assert stored["champion.decision"] == "promoted_no_champion"
+    assert first["tags"] == {k: v for k, v in stored.items() if not k.startswith("edge.registration")}
+
+    # A retry of the same task: same version, reported as already champion, nothing new registered.
+    retry = _run_operator(_training(good, "job-1", None))
+    assert (retry["version"], retry["promoted"], retry["decision"]["outcome"]) == ("1", True, "already_champion")
+
+    # A worse model scored next to the champion on the same holdout: registered, not promoted.
+    worse, _ = _build_artifacts(tmp_path / "worse", seed=2, roc_auc=0.70)
+    capsys.readouterr()
+    second = _run_operator(_training(worse, "job-2", 0.91))
+    assert second["version"] == "2" and second["promoted"] is False
+    assert second["decision"]["outcome"] == "kept_champion"
+    assert registry.get_champion(MODEL).version == "1"
+    assert registry.find_version_by_run(MODEL, "job-2").tags["champion.previous_score"] == "0.91"
+    line = next(line for line in capsys.readouterr().out.splitlines() if "version 2: candidate" in line)
+    assert "roc_auc 0.7000" in line and "champion version 1 0.9100" in line and "not promoted" in line
+
+    # Champion exists but training did not score it: kept unless forced.
+    third = _run_operator(_training(worse, "job-3", None))
+    assert third["promoted"] is False and third["decision"]["outcome"] == "kept_no_champion_metrics"
+    assert registry.get_champion(MODEL).version == "1"
+
+    forced = _run_operator(_training(worse, "job-4", 0.91), force=True)
+    assert forced["promoted"] is True and forced["decision"]["outcome"] == "promoted_forced"
+    assert registry.get_champion(MODEL).version == forced["version"] == "4"
+
+
+def test_operator_refuses_a_failed_validation(monkeypatch, tmp_path):
+    from edge_training import config
+
+    monkeypatch.setattr(config, "MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(config, "MLFLOW_ARTIFACTS_DIR", tmp_path / "artifacts")
+    good, _ = _build_artifacts(tmp_path / "good", seed=1, roc_auc=0.91)
+    with pytest.raises(DataValidationError, match="success=false"):
+        _run_operator(_training(good, "job-1", None), validation={**VALIDATION, "success": False})
+    assert get_model_registry().find_version_by_run(MODEL, "job-1") is None

@@ -1,0 +1,192 @@
+"""Register the trained model with lineage tags and move the champion alias if it earned it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from edge_training import config
+from edge_training.champion import ALREADY_CHAMPION, decide_promotion, split_metrics
+from edge_training.exceptions import DataValidationError, EdgeTrainingError
+from edge_training.lineage import decision_tags, lineage_tags
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from edge_training.registry import ModelRegistry
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", "", "none"}
+
+
+def parse_flag(name: str, value: Any) -> bool:
+    """Read a boolean that may arrive rendered as text (``"True"``) from a template."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise EdgeTrainingError(
+        f"Checked {name}: expected true or false, found {value!r}. Pass a boolean (the DAG's Param is one)."
+    )
+
+
+def _as_dict(name: str, value: Any) -> dict:
+    if isinstance(value, str) and value.strip():
+        # Without native rendering an XCom dict arrives as its JSON/Python text.
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise EdgeTrainingError(
+                f"Checked the {name} result: expected a dict, found text that is not JSON ({len(value)} chars). "
+                "Pass the upstream task's output (XComArg) or use render_template_as_native_obj=True."
+            ) from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EdgeTrainingError(
+            f"Checked the {name} result: expected a dict, found {type(value).__name__}. "
+            "Pass the upstream task's output (XComArg)."
+        )
+    return value
+
+
+class RegisterModelOperator(BaseOperator):
+    """
+    Register the trained model (one version per training job, retry-safe) with lineage tags, then promote it
+    to ``champion`` only if it beats the current champion on the same holdout (or the run forces it).
+
+    The champion's score comes from the training job, which scored the champion on the same holdout as the
+    candidate (``training["metrics"]["champion_metrics"]``). A champion that was not scored there cannot be
+    compared, so it is kept unless the run forces the promotion.
+
+    Returns ``{"model_name", "version", "uri", "promoted", "decision", "previous_champion", "tags"}``.
+
+    :param model_name: Registered model name.
+    :param training: The training task's result (XComArg or dict): ``job_id``, ``artifacts_dir`` (with
+        ``model.onnx`` and ``metrics.json``), ``metrics``, ``code_version``, ``vm_host_fingerprint``, ``window``,
+        ``training_seconds``. Templated.
+    :param validation: The validation task's result (XComArg or dict). A result with ``success`` false is refused.
+        Templated.
+    :param metric: Holdout metric to compare (higher is better).
+    :param margin: Minimum improvement over the champion needed to promote (``EDGE_PROMOTION_MARGIN``).
+    :param force_promote: Promote whatever the scores (the manual-run Param ``force_promote``). Templated.
+    :param registry_backend: Model registry backend ("mlflow"); None uses ``EDGE_MODEL_REGISTRY``.
+    """
+
+    template_fields = ("model_name", "training", "validation", "force_promote")
+    ui_color = "#e8f4e8"
+
+    def __init__(
+        self,
+        *,
+        model_name: str = config.MODEL_NAME,
+        training: Any,
+        validation: Any = None,
+        metric: str = config.PROMOTION_METRIC,
+        margin: float = config.PROMOTION_MARGIN,
+        force_promote: Any = False,
+        registry_backend: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.training = training
+        self.validation = validation
+        self.metric = metric
+        self.margin = margin
+        self.force_promote = force_promote
+        self.registry_backend = registry_backend
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        from edge_training.registry import get_model_registry
+
+        return get_model_registry(self.registry_backend)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        training = _as_dict("training", self.training)
+        validation = _as_dict("validation", self.validation)
+        force = parse_flag("force_promote", self.force_promote)
+        if validation.get("success") is False:
+            raise DataValidationError(
+                f"Checked the validation result {validation.get('validation_id')!r} before registering: it says "
+                f"success=false (Data Docs: {validation.get('data_docs')}). A model trained on data that failed "
+                "validation is not registered. Fix the data and re-run the DAG run."
+            )
+        if not training.get("artifacts_dir"):
+            raise EdgeTrainingError(
+                f"Checked the training result for artifacts_dir: not found (keys: {sorted(training)}). "
+                "Pass the training task's output as training=."
+            )
+
+        ti = context["ti"]
+        run_id = ti.run_id
+        # One version per trained model: the training job id is stable across retries of the training task.
+        registration_key = str(training.get("job_id") or run_id)
+        tags = lineage_tags(
+            ti.dag_id,
+            run_id,
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            validation,
+            training,
+        )
+        registry = self.registry
+        version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
+
+        champion = registry.get_champion(self.model_name)
+        document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
+        candidate_metrics, champion_metrics = split_metrics(document)
+        scored = training.get("champion_version", document.get("champion_version"))
+        if champion is not None and champion_metrics is not None and scored is not None:
+            if str(scored) != champion.version:
+                # The champion moved (another run promoted) after training scored the old one.
+                self.log.warning(
+                    "Training scored champion version %s, but the champion is now version %s: not comparable",
+                    scored, champion.version,
+                )  # fmt: skip
+                champion_metrics = None
+        decision = decide_promotion(
+            candidate_metrics,
+            champion_metrics if champion is not None else None,
+            metric=self.metric,
+            margin=self.margin,
+            force=force,
+            champion_version=champion.version if champion is not None else None,
+            candidate_version=version.version,
+        )
+        decided = decision_tags(decision)
+        # Tags before the alias: if promoting fails, the retry recomputes the same decision and promotes.
+        registry.set_tags(self.model_name, version.version, decided)
+        if decision.promote and decision.outcome != ALREADY_CHAMPION:
+            registry.promote(self.model_name, version.version)
+        self.log.info(
+            "Model %s version %s: candidate %s %s, champion%s %s -> %s (%s)",
+            self.model_name,
+            version.version,
+            decision.metric,
+            "n/a" if decision.candidate_score is None else f"{decision.candidate_score:.4f}",
+            f" version {champion.version}" if champion is not None else " (none)",
+            "n/a" if decision.champion_score is None else f"{decision.champion_score:.4f}",
+            "PROMOTED" if decision.promote else "not promoted",
+            decision.reason,
+        )
+        return {
+            "model_name": self.model_name,
+            "version": version.version,
+            "uri": version.uri,
+            "promoted": decision.promote,
+            "decision": dataclasses.asdict(decision),
+            "previous_champion": champion.version if champion is not None else None,
+            "tags": {**tags, **decided},
+        }
