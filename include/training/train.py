@@ -221,7 +221,7 @@ class BlobSource:
     """Partitions in an Azure (Stack Hub) blob container, downloaded in chunks."""
 
     def __init__(self, connection_string: str, container: str) -> None:
-        from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.storage.blob import BlobServiceClient
 
         try:
@@ -240,9 +240,13 @@ class BlobSource:
         except ResourceNotFoundError:
             raise UsageError(f"Blob container {container!r} does not exist at {service.url}. Check --container and "
                              f"the edge_blob connection's endpoint.") from None
-        except ClientAuthenticationError as exc:
-            raise UsageError(f"Blob storage at {service.url} refused the credentials (HTTP {exc.status_code}). "
-                             f"Check the account key / SAS in the edge_blob connection.") from None
+        except HttpResponseError as exc:
+            # Azure says AuthenticationFailed (ClientAuthenticationError), Azurite AuthorizationFailure: both 403.
+            if exc.status_code not in (401, 403):
+                raise
+            raise UsageError(f"Blob storage at {service.url} refused the credentials (HTTP {exc.status_code} "
+                             f"{exc.error_code}). Check the account key / SAS token in the edge_blob connection "
+                             f"(a SAS needs read and list permission on the container).") from None
 
     def list_parts(self, day: dt.date) -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=partition_name(day) + "/"))
