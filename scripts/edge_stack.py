@@ -386,7 +386,7 @@ class EdgeStack:
         for service in SERVICES:
             self._wait_ready(service, ports[service])
         self._create_container(ports["blob"])
-        if "ssh" in started and not self._remote_python_has_venv(ports["ssh"]):
+        if "ssh" in started and not self._remote_python_has_venv():
             if state.get("ssh_set_path"):
                 raise EdgeStackError(self._no_venv_message())
             # The sshd session PATH has no python3 with venv: hand the caller's PATH to SSH sessions and restart.
@@ -396,7 +396,7 @@ class EdgeStack:
             self._write_sshd_config(ports["ssh"], set_path=True)
             self._spawn("ssh", builders["ssh"]())
             self._wait_ready("ssh", ports["ssh"])
-            if not self._remote_python_has_venv(ports["ssh"]):
+            if not self._remote_python_has_venv():
                 raise EdgeStackError(self._no_venv_message())
 
         info = self.info()
@@ -610,7 +610,7 @@ class EdgeStack:
         parts = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in skip]
         return os.pathsep.join(dict.fromkeys(parts))
 
-    def _remote_python_has_venv(self, port: int) -> bool:
+    def _remote_python_has_venv(self) -> bool:
         result = subprocess.run(
             self.ssh_command("python3", "-m", "venv", "--help"),
             capture_output=True, timeout=30, check=False,
