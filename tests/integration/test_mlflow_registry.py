@@ -248,3 +248,19 @@ def test_operator_refuses_a_failed_validation(monkeypatch, tmp_path):
     with pytest.raises(DataValidationError, match="success=false"):
         _run_operator(_training(good, "job-1", None), validation={**VALIDATION, "success": False})
     assert get_model_registry().find_version_by_run(MODEL, "job-1") is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("True", True), ("1", True), ("false", False),
+                                                 (None, False), ("", False)])
+def test_force_promote_accepts_rendered_booleans(value, expected):
+    from edge_training.operators.register import parse_flag
+
+    assert parse_flag("force_promote", value) is expected
+
+
+def test_force_promote_rejects_other_text():
+    from edge_training.exceptions import EdgeTrainingError
+    from edge_training.operators.register import parse_flag
+
+    with pytest.raises(EdgeTrainingError, match="expected true or false, found 'maybe'"):
+        parse_flag("force_promote", "maybe")

@@ -95,3 +95,13 @@ def test_metrics_that_are_not_a_dict_are_a_clear_error():
 def test_invalid_margin_is_rejected(margin):
     with pytest.raises(PromotionMetricError, match="margin must be a number >= 0"):
         decide_promotion({"roc_auc": 0.9}, None, margin=margin)
+
+
+def test_split_metrics_reads_the_metrics_json_document():
+    doc = {"schema_version": 1, "metrics": {"roc_auc": 0.9}, "champion_metrics": {"roc_auc": 0.8}}
+    assert gate.split_metrics(doc) == ({"roc_auc": 0.9}, {"roc_auc": 0.8})
+
+
+def test_split_metrics_reads_a_flat_dict():
+    assert gate.split_metrics({"roc_auc": 0.9, "champion_metrics": None}) == ({"roc_auc": 0.9}, None)
+    assert gate.split_metrics(None) == ({}, None)

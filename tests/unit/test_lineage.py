@@ -123,3 +123,20 @@ def test_decision_tags():
     first = _tags(decision=decide_promotion({"roc_auc": 0.8}, None))
     assert first["champion.decision"] == "promoted_no_champion"
     assert first["champion.previous_score"] == "none"
+
+
+def test_metrics_json_document_shape_from_the_training_job():
+    """train.py's metrics.json nests the holdout metrics and carries its own data fingerprint."""
+    document = {
+        "schema_version": 1,
+        "metrics": {"roc_auc": 0.93, "f1": 0.61},
+        "champion_metrics": {"roc_auc": 0.9},
+        "rows": {"read": 480, "train": 400},
+        "data_fingerprint": "sha256:vm-read",
+        "training_seconds": 2.5,
+    }
+    tags = _tags(training={**TRAINING, "metrics": document})
+    assert tags["metric.roc_auc"] == "0.93" and tags["metric.f1"] == "0.61"
+    assert "metric.schema_version" not in tags and "metric.training_seconds" not in tags
+    assert tags["edge.training_data_fingerprint"] == "sha256:vm-read"
+    assert tags["edge.data_fingerprint"] == "sha256:0f1e"
