@@ -303,7 +303,8 @@ def _check_blob(report: dict[str, Any]) -> HealthCheck:
     if not report["blob_endpoint_reachable"]:
         return _failed(
             "blob_endpoint",
-            f"blob_endpoint: the edge VM cannot reach the blob endpoint {endpoint} ({report.get('blob_endpoint_error')}); "
+            f"blob_endpoint: the edge VM cannot reach the blob endpoint {endpoint} "
+            f"({report.get('blob_endpoint_error')}); "
             "the VM reads the training data itself, so open the route from the VM to the storage endpoint "
             "(DNS, firewall, proxy, or the Stack Hub CA certificate for HTTPS).",
         )

@@ -73,17 +73,37 @@ def test_healthy_vm_passes_with_one_line_per_check():
 @pytest.mark.parametrize(
     ("change", "check", "expected_fragments"),
     [
-        ({"free_disk_gb": 2.5}, "disk", ["2.50 GB free", "/home/train/edge-training", "minimum 5 GB", "EDGE_VM_MIN_FREE_DISK_GB"]),
-        ({"available_memory_gb": 0.4}, "memory", ["0.40 GB available", "minimum 1 GB", "EDGE_VM_MIN_FREE_MEMORY_GB"]),
+        (
+            {"free_disk_gb": 2.5},
+            "disk",
+            ["2.50 GB free", "/home/train/edge-training", "minimum 5 GB", "EDGE_VM_MIN_FREE_DISK_GB"],
+        ),
+        (
+            {"available_memory_gb": 0.4},
+            "memory",
+            ["0.40 GB available", "minimum 1 GB", "EDGE_VM_MIN_FREE_MEMORY_GB"],
+        ),
         ({"load1": 9.0}, "load", ["2.25", "load 9.0 over 4 CPUs", "maximum 2", "EDGE_VM_MAX_LOAD_PER_CPU"]),
         ({"python_version": "3.8.10"}, "python", ["Python 3.8.10", ">= 3.9", "install a newer python3"]),
         ({"epoch": NOW + 300}, "clock_skew", ["300.0 s ahead of", "maximum 120 s", "NTP"]),
         ({"epoch": NOW - 300}, "clock_skew", ["300.0 s behind"]),
-        ({"work_dir_writable": False, "work_dir_error": "PermissionError: denied"}, "work_dir", ["cannot write", "PermissionError"]),
         (
-            {"blob_endpoint_reachable": False, "blob_endpoint_status": None, "blob_endpoint_error": "ConnectionRefusedError: [Errno 111]"},
+            {"work_dir_writable": False, "work_dir_error": "PermissionError: denied"},
+            "work_dir",
+            ["cannot write", "PermissionError"],
+        ),
+        (
+            {
+                "blob_endpoint_reachable": False,
+                "blob_endpoint_status": None,
+                "blob_endpoint_error": "ConnectionRefusedError: [Errno 111]",
+            },
             "blob_endpoint",
-            ["cannot reach the blob endpoint https://acct.blob.local.azurestack.external", "ConnectionRefusedError", "firewall"],
+            [
+                "cannot reach the blob endpoint https://acct.blob.local.azurestack.external",
+                "ConnectionRefusedError",
+                "firewall",
+            ],
         ),
     ],
 )
@@ -99,7 +119,9 @@ def test_each_rule_fails_naming_check_found_value_threshold_and_fix(change, chec
 
 
 def test_values_at_the_threshold_pass():
-    report = healthy_report(free_disk_gb=5.0, available_memory_gb=1.0, load1=8.0, python_version="3.9.0", epoch=NOW - 120)
+    report = healthy_report(
+        free_disk_gb=5.0, available_memory_gb=1.0, load1=8.0, python_version="3.9.0", epoch=NOW - 120
+    )
 
     assert evaluate_health(report, LIMITS, NOW).ok
 
