@@ -49,7 +49,8 @@ PROMOTION_MARGIN = float(os.getenv("EDGE_PROMOTION_MARGIN", "0.0"))
 VM_WORK_DIR = os.getenv("EDGE_VM_WORK_DIR", "~/edge-training")
 VM_MIN_FREE_DISK_GB = float(os.getenv("EDGE_VM_MIN_FREE_DISK_GB", "5"))
 VM_MIN_FREE_MEMORY_GB = float(os.getenv("EDGE_VM_MIN_FREE_MEMORY_GB", "1"))
-VM_MAX_LOAD_PER_CPU = float(os.getenv("EDGE_VM_MAX_LOAD_PER_CPU", "2.0"))
+# A busy VM only trains slower; refuse one so overloaded that the job would crawl.
+VM_MAX_LOAD_PER_CPU = float(os.getenv("EDGE_VM_MAX_LOAD_PER_CPU", "4.0"))
 VM_MIN_PYTHON = os.getenv("EDGE_VM_MIN_PYTHON", "3.9")
 # Storage requests signed more than 15 minutes off are refused by Azure Storage; warn long before that.
 VM_MAX_CLOCK_SKEW_S = float(os.getenv("EDGE_VM_MAX_CLOCK_SKEW_S", "120"))
@@ -65,15 +66,3 @@ VM_PIP_ARGS = os.getenv("EDGE_VM_PIP_ARGS", "")
 VM_ENV_TIMEOUT_S = float(os.getenv("EDGE_VM_ENV_TIMEOUT_S", "1800"))
 TRAINING_TIMEOUT_S = float(os.getenv("EDGE_TRAINING_TIMEOUT_S", str(6 * 3600)))
 TRAINING_POLL_INTERVAL_S = float(os.getenv("EDGE_TRAINING_POLL_INTERVAL_S", "30"))
-
-# Edge VM: where training runs on the VM, and the health check's thresholds (GB = 10^9 bytes).
-VM_WORK_DIR = os.getenv("EDGE_VM_WORK_DIR", "~/edge-training")
-VM_MIN_FREE_DISK_GB = float(os.getenv("EDGE_VM_MIN_FREE_DISK_GB", "5"))
-VM_MIN_FREE_MEMORY_GB = float(os.getenv("EDGE_VM_MIN_FREE_MEMORY_GB", "1"))
-# A busy VM only trains slower; refuse one so overloaded that the job would crawl.
-VM_MAX_LOAD_PER_CPU = float(os.getenv("EDGE_VM_MAX_LOAD_PER_CPU", "4.0"))
-VM_MIN_PYTHON = os.getenv("EDGE_VM_MIN_PYTHON", "3.9")
-# Storage requests signed more than 15 minutes off are refused by Azure Storage; warn long before that.
-VM_MAX_CLOCK_SKEW_S = float(os.getenv("EDGE_VM_MAX_CLOCK_SKEW_S", "120"))
-VM_REQUIRE_GPU = os.getenv("EDGE_VM_REQUIRE_GPU", "false").lower() in ("1", "true", "yes")
-VM_REQUIRE_DOCKER = os.getenv("EDGE_VM_REQUIRE_DOCKER", "false").lower() in ("1", "true", "yes")
