@@ -1,0 +1,709 @@
+"""Validate a training window's blobs against the Great Expectations suite, streaming, in bounded memory.
+
+Each blob ("partition") is read in chunks of ``chunk_rows`` rows; the suite runs on every chunk and the chunk results
+are merged into one result per partition. Checks that only make sense over a whole partition are decided on the
+merged counts: the row count, the share of missing values (``mostly`` of the not-null expectations) and duplicate
+``(machine_id, timestamp)`` keys, which are tracked as 64-bit hashes across chunks and across the blobs of a day.
+
+No Airflow import here; Great Expectations and pandas are imported inside the functions (they are slow to import
+and the DAG file imports the operators that import this module).
+
+What leaves this module (the summary, exception messages, log lines) carries counts, column and blob names and
+single observed values (e.g. a maximum), never data rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+from edge_training.exceptions import DataValidationError, EdgeTrainingError
+from edge_training.fingerprint import data_fingerprint
+from edge_training.window import TrainingWindow, partition_prefix
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("machine_id", "timestamp")
+# Parsed types per column; anything that does not parse as its type is reported as a wrong-dtype failure.
+COLUMN_DTYPES = {
+    "machine_id": "str",
+    "timestamp": "str",
+    "temperature_c": "float64",
+    "vibration_mm_s": "float64",
+    "pressure_bar": "float64",
+    "rpm": "float64",
+    "humidity_pct": "float64",
+    "power_kw": "float64",
+    # Nullable, so a missing label is reported by the not-null expectation rather than as a parse error.
+    "failure_within_24h": "Int64",
+}
+# 250k rows of this schema are ~40 MB in pandas: large enough that the per-chunk cost of the suite stays small
+# next to parsing, small enough to keep the task well under 512 MB with Great Expectations loaded.
+DEFAULT_CHUNK_ROWS = 250_000
+DATA_DOCS_SITE = "edge_training"
+MAX_LINES_PER_PARTITION = 20
+
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """One blob to validate.
+
+    :param name: blob name, e.g. ``dt=2026-11-01/part-0000.csv``.
+    :param etag: content MD5 (hex) when the store has one, else the ETag; feeds the data fingerprint.
+    :param size: size in bytes.
+    :param opener: returns a fresh binary stream of the blob's bytes each time it is called.
+    """
+
+    name: str
+    etag: str
+    size: int
+    opener: Callable[[], IO[bytes]] = field(repr=False, compare=False)
+
+    def open(self) -> IO[bytes]:
+        """A new binary stream over the blob's bytes."""
+        return self.opener()
+
+    @property
+    def day(self) -> str | None:
+        """The partition day (``YYYY-MM-DD``) from the ``dt=`` folder of the name, if any."""
+        match = re.search(r"dt=(\d{4}-\d{2}-\d{2})/", self.name)
+        return match.group(1) if match else None
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only raw stream over an iterator of byte chunks (the blob download's ``chunks()``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+def _blob_opener(container_client, name: str, etag: str | None) -> Callable[[], IO[bytes]]:
+    def open_blob() -> IO[bytes]:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+
+        kwargs: dict[str, Any] = {}
+        if etag:
+            # Read exactly the version that was listed (and fingerprinted), not one rewritten since.
+            kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            downloader = container_client.download_blob(name, **kwargs)
+        except ResourceModifiedError as err:
+            raise EdgeTrainingError(
+                f"Blob {name} changed while the training window was being validated (ETag no longer {etag}); "
+                "the task retries and validates the new version."
+            ) from err
+        return _ChunkStream(iter(downloader.chunks()))
+
+    return open_blob
+
+
+def blob_partitions(container_client, window: TrainingWindow) -> list[PartitionSource]:
+    """The blobs of every day in ``window``, listed from the container (nothing is downloaded yet).
+
+    :param container_client: ``azure.storage.blob.ContainerClient`` of the readings container.
+    :param window: the training window; one ``dt=YYYY-MM-DD/`` prefix is listed per day.
+    """
+    sources = []
+    for prefix in window.partition_prefixes:
+        for blob in container_client.list_blobs(name_starts_with=prefix):
+            if blob.name.endswith("/"):
+                continue
+            md5 = blob.content_settings.content_md5 if blob.content_settings else None
+            version = bytes(md5).hex() if md5 else str(blob.etag).strip('"')
+            sources.append(
+                PartitionSource(
+                    name=blob.name,
+                    etag=version,
+                    size=int(blob.size),
+                    opener=_blob_opener(container_client, blob.name, blob.etag),
+                )
+            )
+    return sources
+
+
+def load_suite_json(suite_path: str | Path) -> dict:
+    """The expectation suite as a dict (as saved by ``ExpectationSuite.to_json_dict()``)."""
+    path = Path(suite_path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise EdgeTrainingError(
+            f"Expectation suite {path} does not exist; set EDGE_EXPECTATION_SUITE_PATH or the operator's "
+            "suite_path to the JSON suite (include/expectations/sensor_readings.json in the project)."
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merging chunk results into one result per partition
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 6)) if abs(value) < 1e15 else f"{value:.6g}"
+    return str(value)
+
+
+@dataclass
+class _Merged:
+    """Merged results of one expectation over the chunks of a partition."""
+
+    config: Any  # ExpectationConfiguration
+    chunk_success: bool = True
+    element_count: int = 0
+    unexpected_count: int = 0
+    missing_count: int = 0
+    observed_value: Any = None
+    exception_message: str | None = None
+    observed_min: float | None = None
+    observed_max: float | None = None
+    unexpected_values: set = field(default_factory=set)
+    is_map: bool = False
+
+    @property
+    def type(self) -> str:
+        return self.config.type
+
+    @property
+    def column(self) -> str | None:
+        return self.config.kwargs.get("column")
+
+    @property
+    def title(self) -> str:
+        column = self.column or ", ".join(self.config.kwargs.get("column_list", []) or [])
+        if self.type == "expect_table_columns_to_match_ordered_list":
+            column = ""
+        return f"{self.type}({column})" if column else self.type
+
+    @property
+    def mostly(self) -> float:
+        return float(self.config.kwargs.get("mostly", 1.0) or 1.0)
+
+    def add(self, result, chunk) -> None:
+        info = result.exception_info or {}
+        if info.get("raised_exception") or any(
+            isinstance(v, dict) and v.get("raised_exception") for v in info.values()
+        ):
+            messages = [info.get("exception_message")] + [
+                v.get("exception_message") for v in info.values() if isinstance(v, dict)
+            ]
+            self.exception_message = self.exception_message or next((m for m in messages if m), "error")
+            self.chunk_success = False
+            return
+        res = result.result or {}
+        if "unexpected_count" in res and "element_count" in res:
+            self.is_map = True
+            self.element_count += int(res.get("element_count") or 0)
+            self.unexpected_count += int(res.get("unexpected_count") or 0)
+            self.missing_count += int(res.get("missing_count") or 0)
+        else:
+            if not result.success or self.observed_value is None:
+                if self.chunk_success:
+                    self.observed_value = res.get("observed_value")
+        self.chunk_success = self.chunk_success and bool(result.success)
+        column = self.column
+        if self.type == "expect_column_values_to_be_between" and column in chunk.columns and len(chunk):
+            values = chunk[column]
+            lo, hi = values.min(), values.max()
+            if lo == lo:  # not NaN: the column has at least one value
+                self.observed_min = float(lo) if self.observed_min is None else min(self.observed_min, float(lo))
+                self.observed_max = float(hi) if self.observed_max is None else max(self.observed_max, float(hi))
+        if self.type == "expect_column_values_to_be_in_set" and not result.success and column in chunk.columns:
+            allowed = self.config.kwargs.get("value_set") or []
+            values = chunk[column].dropna()
+            bad = values[~values.isin(allowed)].unique()[:3]
+            self.unexpected_values.update(_fmt(v.item() if hasattr(v, "item") else v) for v in bad)
+
+    def partition_success(self) -> bool:
+        if self.exception_message:
+            return False
+        if self.is_map:
+            evaluated = self.element_count - self.missing_count
+            if evaluated <= 0:
+                return True
+            return (evaluated - self.unexpected_count) / evaluated >= self.mostly
+        return self.chunk_success
+
+    def describe(self) -> str:
+        """What was found, for the failure message (aggregates and single observed values only)."""
+        kwargs = self.config.kwargs
+        if self.exception_message:
+            return f"could not be evaluated: {self.exception_message}"
+        if self.type == "expect_column_values_to_not_be_null":
+            share = self.unexpected_count / self.element_count if self.element_count else 0.0
+            allowed = 1.0 - self.mostly
+            return (
+                f"{self.unexpected_count} of {self.element_count} values missing ({share:.2%}), "
+                f"allowed {'none' if allowed <= 0 else f'≤ {allowed:.2%}'}"
+            )
+        if self.type == "expect_column_values_to_be_between":
+            lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+            parts = [f"{self.unexpected_count} of {self.element_count - self.missing_count} values out of range"]
+            if hi is not None and self.observed_max is not None and self.observed_max > hi:
+                parts.append(f"observed max {_fmt(self.observed_max)}, allowed ≤ {_fmt(hi)}")
+            if lo is not None and self.observed_min is not None and self.observed_min < lo:
+                parts.append(f"observed min {_fmt(self.observed_min)}, allowed ≥ {_fmt(lo)}")
+            return ", ".join(parts)
+        if self.type == "expect_column_values_to_be_in_set":
+            allowed = "{" + ", ".join(_fmt(v) for v in kwargs.get("value_set", [])) + "}"
+            seen = ", ".join(sorted(self.unexpected_values))
+            return f"{self.unexpected_count} values outside {allowed}" + (f" (observed {seen})" if seen else "")
+        if self.type == "expect_column_values_to_match_regex":
+            return (
+                f"{self.unexpected_count} of {self.element_count - self.missing_count} values do not match "
+                f"{kwargs.get('regex')}"
+            )
+        if self.type == "expect_column_values_to_be_of_type":
+            return f"observed type {self.observed_value}, expected {kwargs.get('type_')}"
+        if self.type == "expect_table_columns_to_match_ordered_list":
+            expected = list(kwargs.get("column_list") or [])
+            found = list(self.observed_value or [])
+            missing = [c for c in expected if c not in found]
+            extra = [c for c in found if c not in expected]
+            detail = []
+            if missing:
+                detail.append(f"missing {missing}")
+            if extra:
+                detail.append(f"unexpected {extra}")
+            if not missing and not extra:
+                detail.append("same columns in a different order")
+            return f"observed columns {found}: {'; '.join(detail)}; expected {expected}"
+        if self.type == "expect_table_row_count_to_be_between":
+            lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+            bounds = " and ".join(b for b in [f"≥ {lo}" if lo is not None else "", f"≤ {hi}" if hi else ""] if b)
+            return f"observed {self.observed_value} rows, allowed {bounds}"
+        if self.is_map:
+            return f"{self.unexpected_count} of {self.element_count} values unexpected"
+        return f"observed {_fmt(self.observed_value)}"
+
+    def to_gx_result(self):
+        """The merged result in Great Expectations' form, for Data Docs (no sample values)."""
+        from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+
+        if self.exception_message:
+            result: dict = {}
+            # Data Docs renders the traceback as text; the message is all that is useful here.
+            exception_info = {
+                "raised_exception": True,
+                "exception_message": self.exception_message,
+                "exception_traceback": self.exception_message,
+            }
+        else:
+            exception_info = {"raised_exception": False, "exception_message": "", "exception_traceback": ""}
+            if self.is_map:
+                evaluated = max(self.element_count - self.missing_count, 0)
+                result = {
+                    "element_count": self.element_count,
+                    "unexpected_count": self.unexpected_count,
+                    "unexpected_percent": 100.0 * self.unexpected_count / evaluated if evaluated else 0.0,
+                    "missing_count": self.missing_count,
+                    "missing_percent": 100.0 * self.missing_count / self.element_count if self.element_count else 0.0,
+                    "partial_unexpected_list": [],
+                }
+                if self.observed_max is not None:
+                    result["observed_value"] = f"min {_fmt(self.observed_min)}, max {_fmt(self.observed_max)}"
+            else:
+                result = {"observed_value": self.observed_value}
+        return ExpectationValidationResult(
+            success=self.partition_success(),
+            expectation_config=self.config,
+            result=result,
+            exception_info=exception_info,
+        )
+
+
+@dataclass
+class _PartitionReport:
+    """Everything found about one partition (or one missing day)."""
+
+    name: str
+    rows: int = 0
+    merged: list[_Merged] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "expectation: what was found"
+    read_error: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _header_columns(stream: io.BufferedReader) -> list[str] | None:
+    """Column names from the first line, without consuming it; None for a 0-byte file."""
+    head = stream.peek(1 << 16)
+    if not head:
+        return None
+    first_line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    text = first_line.decode("utf-8", errors="replace")
+    return [name.strip().strip('"') for name in text.split(",")]
+
+
+def _diagnose_dtypes(source: PartitionSource, columns: list[str], chunk_rows: int) -> list[tuple[str, str]]:
+    """Which columns hold values that do not parse as their type: ``(expectation title, what was found)``."""
+    import pandas as pd
+
+    typed = [c for c in columns if COLUMN_DTYPES.get(c) not in (None, "str")]
+    bad_counts: dict[str, int] = dict.fromkeys(typed, 0)
+    first_bad: dict[str, tuple[int, str]] = {}
+    row_offset = 0
+    with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
+        for chunk in pd.read_csv(
+            stream, chunksize=chunk_rows, dtype=str, keep_default_na=True, encoding="utf-8",
+            encoding_errors="replace",
+        ):
+            for column in typed:
+                text = chunk[column]
+                numbers = pd.to_numeric(text, errors="coerce")
+                bad = text.notna() & numbers.isna()
+                if COLUMN_DTYPES[column].lower().startswith("int"):
+                    bad |= numbers.notna() & (numbers % 1 != 0)
+                count = int(bad.sum())
+                if count:
+                    bad_counts[column] += count
+                    if column not in first_bad:
+                        position = int(bad.to_numpy().nonzero()[0][0])
+                        first_bad[column] = (row_offset + position + 1, str(text.iloc[position])[:20])
+            row_offset += len(chunk)
+    found = []
+    for column in typed:
+        if bad_counts[column]:
+            row, example = first_bad[column]
+            found.append(
+                (
+                    f"expect_column_values_to_be_of_type({column})",
+                    f"{bad_counts[column]} value(s) are not {COLUMN_DTYPES[column]} "
+                    f"(first at data row {row}: {example!r})",
+                )
+            )
+    return found
+
+
+class _Validator:
+    """Runs the suite over chunks and keeps what is needed to judge whole partitions."""
+
+    def __init__(self, suite_dict: dict, docs_dir: Path) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.context.add_data_docs_site(
+            DATA_DOCS_SITE,
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        self.suite = self.context.suites.add(gx.ExpectationSuite(**suite_dict))
+        self.batch_definition = (
+            self.context.data_sources.add_pandas("training_window")
+            .add_dataframe_asset("sensor_readings")
+            .add_batch_definition_whole_dataframe("chunk")
+        )
+
+    def validate_chunk(self, chunk):
+        batch = self.batch_definition.get_batch(batch_parameters={"dataframe": chunk})
+        # BASIC keeps counts; the sample lists it also returns are dropped when results are merged.
+        return batch.validate(self.suite, result_format="BASIC")
+
+
+def _read_partition(
+    validator: _Validator, source: PartitionSource, chunk_rows: int, day_keys: dict[str, dict[str, Any]]
+) -> _PartitionReport:
+    import numpy as np
+    import pandas as pd
+
+    report = _PartitionReport(name=source.name)
+    merged: dict[str, _Merged] = {}
+    hashes: list = []
+
+    def merge(chunk) -> None:
+        result = validator.validate_chunk(chunk)
+        for item in result.results:
+            key = item.expectation_config.id or repr(item.expectation_config.to_json_dict())
+            if key not in merged:
+                merged[key] = _Merged(config=item.expectation_config)
+            merged[key].add(item, chunk)
+
+    with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
+        columns = _header_columns(stream)
+        if columns is None:
+            report.read_error = (
+                f"the file is empty (0 bytes, size listed {source.size}); expected a CSV header and rows"
+            )
+            return report
+        dtype = {c: COLUMN_DTYPES[c] for c in columns if c in COLUMN_DTYPES}
+        try:
+            reader = pd.read_csv(
+                stream, chunksize=chunk_rows, dtype=dtype, encoding="utf-8", encoding_errors="strict",
+            )
+            for chunk in reader:
+                report.rows += len(chunk)
+                merge(chunk)
+                if all(c in chunk.columns for c in KEY_COLUMNS) and len(chunk):
+                    hashes.append(pd.util.hash_pandas_object(chunk[list(KEY_COLUMNS)], index=False).to_numpy())
+        except UnicodeDecodeError as err:
+            report.read_error = (
+                f"bytes that are not valid UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}) in data rows "
+                f"{report.rows + 1}..{report.rows + chunk_rows}; the readings must be UTF-8 encoded"
+            )
+        except pd.errors.EmptyDataError:
+            report.read_error = "the file has no CSV header (no columns to parse)"
+        except pd.errors.ParserError as err:
+            report.read_error = f"the CSV cannot be parsed: {str(err).strip()}"
+        except (ValueError, TypeError):
+            problems = _diagnose_dtypes(source, columns, chunk_rows)
+            if not problems:
+                raise
+            report.failures.extend(f"{title}: {found}" for title, found in problems)
+            return report
+    if report.read_error:
+        return report
+    if not merged:
+        # Header but no rows: still evaluate the suite, so the report shows every expectation.
+        empty = pd.DataFrame({c: pd.Series(dtype=COLUMN_DTYPES.get(c, "str")) for c in columns})
+        merge(empty)
+    key_hashes = np.unique(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
+    duplicates = (sum(len(h) for h in hashes) - len(key_hashes)) if hashes else 0
+    seen_today = day_keys.setdefault(source.day or source.name, {})
+    overlaps = {}
+    for other, other_hashes in seen_today.items():
+        shared = len(np.intersect1d(key_hashes, other_hashes, assume_unique=True))
+        if shared:
+            overlaps[other] = shared
+    seen_today[source.name] = key_hashes
+
+    columns_ok = True
+    for item in merged.values():
+        if item.type == "expect_table_row_count_to_be_between":
+            item.observed_value = report.rows
+            lo, hi = item.config.kwargs.get("min_value"), item.config.kwargs.get("max_value")
+            item.chunk_success = (lo is None or report.rows >= lo) and (hi is None or report.rows <= hi)
+        if item.type == "expect_compound_columns_to_be_unique" and not item.exception_message:
+            item.is_map = True
+            item.element_count = report.rows
+            item.unexpected_count = duplicates + sum(overlaps.values())
+            item.missing_count = 0
+        if item.type == "expect_table_columns_to_match_ordered_list" and not item.partition_success():
+            columns_ok = False
+    report.merged = list(merged.values())
+    for item in report.merged:
+        if item.partition_success():
+            continue
+        # A missing column makes each of its expectations fail too; the column check already says it.
+        if not columns_ok and item.column and item.column not in columns:
+            continue
+        if item.type == "expect_compound_columns_to_be_unique":
+            found = []
+            if duplicates:
+                found.append(f"{duplicates} repeated keys within the file")
+            found += [f"{n} keys also in {other}" for other, n in sorted(overlaps.items())]
+            report.failures.append(f"{item.title}: {'; '.join(found)} ({report.rows} rows)")
+            continue
+        report.failures.append(f"{item.title}: {item.describe()}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data Docs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _store_for_docs(validator: _Validator, report: _PartitionReport, validation_id: str) -> None:
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResult,
+        ExpectationValidationResult,
+    )
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    results = [item.to_gx_result() for item in report.merged]
+    configs = {e.configuration.type: e.configuration for e in validator.suite.expectations}
+    if not report.merged and not report.read_error and "expect_table_row_count_to_be_between" in configs:
+        # A day without blobs: record it as a partition with no rows.
+        results = [
+            ExpectationValidationResult(
+                success=False,
+                expectation_config=configs["expect_table_row_count_to_be_between"],
+                result={"observed_value": 0},
+            )
+        ]
+    elif report.read_error or not report.merged:
+        # The suite could not run on this blob: show why on the column check, the first thing it would test.
+        config = configs.get("expect_table_columns_to_match_ordered_list", validator.suite.expectations[0].configuration)
+        reason = report.read_error or "; ".join(report.failures)
+        results = [
+            ExpectationValidationResult(
+                success=False,
+                expectation_config=config,
+                result={"observed_value": []},
+                exception_info={"raised_exception": True, "exception_message": reason, "exception_traceback": reason},
+            )
+        ]
+    success = not report.failures and not report.read_error
+    run_id = RunIdentifier(run_name=validation_id)
+    # The store keys files by these parts, which may not contain "/".
+    batch_identifier = report.name.replace("/", "__")
+    suite_result = ExpectationSuiteValidationResult(
+        success=success,
+        results=results,
+        suite_name=validator.suite.name,
+        statistics={
+            "evaluated_expectations": len(results),
+            "successful_expectations": sum(1 for r in results if r.success),
+            "unsuccessful_expectations": sum(1 for r in results if not r.success),
+            "success_percent": 100.0 * sum(1 for r in results if r.success) / len(results) if results else 0.0,
+        },
+        meta={
+            "run_id": run_id.to_json_dict(),
+            "active_batch_definition": {
+                "datasource_name": "training_window",
+                "data_connector_name": "blob",
+                "data_asset_name": "sensor_readings",
+                "batch_identifiers": {"partition": report.name},
+            },
+            "row_count": report.rows,
+        },
+    )
+    key = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=validator.suite.name),
+        run_id=run_id,
+        batch_identifier=batch_identifier,
+    )
+    validator.context.validation_results_store.set(key, suite_result)
+
+
+def _build_docs(validator: _Validator, docs_dir: Path) -> str:
+    validator.context.build_data_docs(site_names=[DATA_DOCS_SITE])
+    return str(docs_dir / "index.html")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------
+
+
+def validate_partitions(
+    partitions: Iterable[PartitionSource],
+    expected_days: list[date],
+    *,
+    suite_path: str | Path,
+    docs_dir: str | Path,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    window_label: str | None = None,
+) -> dict:
+    """Validate every partition against the suite; return a summary or raise ``DataValidationError``.
+
+    Every failure found is listed (all partitions are read even after the first failure). HTML Data Docs are
+    built under ``docs_dir`` either way.
+
+    :param partitions: the blobs to validate (e.g. from :func:`blob_partitions`).
+    :param expected_days: days that must have at least one blob (the training window's days).
+    :param suite_path: the expectation suite JSON.
+    :param docs_dir: folder for the HTML Data Docs (created if needed; ``index.html`` is the entry page).
+    :param chunk_rows: rows per chunk read and validated at a time (bounds memory).
+    :param window_label: label of the training window for messages and the summary.
+    :return: summary with counts, names and the fingerprint only (safe for XCom).
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}; pass a positive number of rows per chunk.")
+    sources = sorted(partitions, key=lambda p: p.name)
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    label = window_label or (
+        f"{min(expected_days).isoformat()}..{max(expected_days).isoformat()}" if expected_days else "(no days)"
+    )
+    validator = _Validator(load_suite_json(suite_path), docs_dir)
+    validation_id = uuid.uuid4().hex[:12]
+    reports: list[_PartitionReport] = []
+    day_keys: dict[str, dict[str, Any]] = {}
+
+    days_with_blobs = {s.day for s in sources}
+    missing_days = 0
+    for day in expected_days:
+        if day.isoformat() not in days_with_blobs:
+            missing_days += 1
+            missing = _PartitionReport(name=partition_prefix(day))
+            missing.failures.append(
+                "expect_table_row_count_to_be_between: no blobs in this partition (day in the training window "
+                "without data)"
+            )
+            reports.append(missing)
+
+    for source in sources:
+        report = _read_partition(validator, source, chunk_rows, day_keys)
+        if report.rows and source.day:
+            # Keys are only compared within a day; drop the previous days' hashes to bound memory.
+            for day in [d for d in day_keys if d < source.day]:
+                del day_keys[day]
+        reports.append(report)
+        log.info(
+            "Validated %s: %d rows, %s", source.name, report.rows,
+            "passed" if not (report.failures or report.read_error) else "FAILED",
+        )
+
+    for report in reports:
+        _store_for_docs(validator, report, validation_id)
+    docs_index = _build_docs(validator, docs_dir)
+
+    failed = [r for r in reports if r.failures or r.read_error]
+    expectations = len(validator.suite.expectations)
+    if failed:
+        lines = []
+        count = 0
+        for report in sorted(failed, key=lambda r: r.name):
+            found = ([report.read_error] if report.read_error else []) + report.failures
+            count += len(found)
+            shown = found[:MAX_LINES_PER_PARTITION]
+            lines += [f"  - {report.name}: {line}" for line in shown]
+            if len(found) > len(shown):
+                lines.append(f"  - {report.name}: … and {len(found) - len(shown)} more (see Data Docs)")
+        raise DataValidationError(
+            f"Training data for window {label} failed validation against suite {validator.suite.name} "
+            f"({expectations} expectations): {count} failure(s) in {len(failed)} of "
+            f"{len(sources) + missing_days} partition(s).\n"
+            + "\n".join(lines)
+            + f"\nData Docs report: {docs_index}\n"
+            "Fix or re-export the listed blobs at the source (or remove the bad ones), then clear the task to "
+            "re-run it; nothing was trained on this data."
+        )
+    rows_per_partition = {r.name: r.rows for r in reports}
+    return {
+        "window": label,
+        "partitions": [s.name for s in sources],
+        "row_count": sum(rows_per_partition.values()),
+        "rows_per_partition": rows_per_partition,
+        "data_fingerprint": data_fingerprint((s.name, s.etag, s.size) for s in sources),
+        "validation_id": validation_id,
+        "data_docs": docs_index,
+        "success": True,
+        "expectations_evaluated": expectations,
+    }

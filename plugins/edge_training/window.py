@@ -1,0 +1,83 @@
+"""The training window: which daily partitions a run trains on.
+
+Pure logic (no Airflow import): the operators pass in the values they read from the task context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """A run's training window: the whole UTC days ``start`` (inclusive) to ``end`` (exclusive)."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(
+                f"Training window end {self.end.isoformat()} is not after its start {self.start.isoformat()}; "
+                "pass an end date at least one day after the start."
+            )
+
+    @property
+    def days(self) -> list[date]:
+        """Every day in the window, oldest first."""
+        return [self.start + timedelta(days=i) for i in range((self.end - self.start).days)]
+
+    @property
+    def partition_prefixes(self) -> list[str]:
+        """Blob name prefixes of the window's daily partitions (``dt=YYYY-MM-DD/``)."""
+        return [partition_prefix(day) for day in self.days]
+
+    @property
+    def label(self) -> str:
+        """Human and tag friendly form, e.g. ``2026-11-01..2026-11-08`` (end exclusive)."""
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+
+def partition_prefix(day: date) -> str:
+    """Blob name prefix of one daily partition."""
+    return f"dt={day.isoformat()}/"
+
+
+def _utc_date(moment: datetime) -> date:
+    # Naive datetimes are taken as UTC, the convention Airflow uses for stored dates.
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.date()
+
+
+def training_window(
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    run_after: datetime | None,
+    days: int,
+) -> TrainingWindow:
+    """The ``days`` whole UTC days that end at the date of ``data_interval_end``.
+
+    A run whose interval ends at 2026-11-08T00:00Z with ``days=7`` trains on 2026-11-01 .. 2026-11-07.
+    Manual runs can come without a data interval; ``run_after`` then marks the end of the window.
+
+    :param data_interval_start: start of the run's data interval (only used to tell whether one exists).
+    :param data_interval_end: end of the run's data interval; the window ends (exclusive) at its UTC date.
+    :param run_after: when the run was due; used when the run has no data interval.
+    :param days: number of whole days in the window, at least 1.
+    """
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(
+            f"Training window length must be a whole number of days >= 1, got {days!r}; "
+            "set EDGE_TRAINING_WINDOW_DAYS (or the operator's window_days) to 1 or more."
+        )
+    end_moment = data_interval_end if data_interval_end is not None else run_after
+    if end_moment is None:
+        raise ValueError(
+            "Cannot place the training window: the run has neither a data interval end nor a run_after time; "
+            "trigger the DAG with a logical date or from a schedule."
+        )
+    del data_interval_start  # the window is anchored on the interval end only
+    end = _utc_date(end_moment)
+    return TrainingWindow(start=end - timedelta(days=days), end=end)
