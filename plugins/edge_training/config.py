@@ -66,3 +66,6 @@ VM_PIP_ARGS = os.getenv("EDGE_VM_PIP_ARGS", "")
 VM_ENV_TIMEOUT_S = float(os.getenv("EDGE_VM_ENV_TIMEOUT_S", "1800"))
 TRAINING_TIMEOUT_S = float(os.getenv("EDGE_TRAINING_TIMEOUT_S", str(6 * 3600)))
 TRAINING_POLL_INTERVAL_S = float(os.getenv("EDGE_TRAINING_POLL_INTERVAL_S", "30"))
+
+# Data validation: rows of a blob read and checked at a time (bounds the validate task's memory, ~40 MB per 250k).
+VALIDATION_CHUNK_ROWS = int(os.getenv("EDGE_VALIDATION_CHUNK_ROWS", "250000"))

@@ -1,0 +1,113 @@
+"""Operator that validates the training window's data in blob storage before anything is trained on it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from edge_training import config
+from edge_training.window import TrainingWindow, training_window
+
+if TYPE_CHECKING:
+    from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    from airflow.sdk import Context
+
+
+def docs_dir_for_run(reports_dir: str | Path, dag_id: str, run_id: str) -> Path:
+    """Per-run Data Docs folder: ``reports_dir/<dag_id>/<run_id>`` with characters unsafe in paths replaced."""
+
+    def safe(part: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", part).strip(".") or "_"
+
+    return Path(reports_dir) / safe(dag_id) / safe(run_id)
+
+
+class ValidateTrainingDataOperator(BaseOperator):
+    """
+    Validate the training window's daily partitions in blob storage against the Great Expectations suite.
+
+    Blobs are streamed in chunks (never whole into memory). Every failure is collected and raised at once as
+    ``DataValidationError`` (not retried: the data must be fixed first). An HTML Data Docs report is written to
+    ``reports_dir/<dag_id>/<run_id>/index.html`` on success and failure, and its path is logged. Returns a
+    summary (window, partitions, row counts, data fingerprint, Data Docs path) to XCom: no data values.
+
+    :param wasb_conn_id: Airflow connection of the blob storage (wasb).
+    :param container: blob container holding the ``dt=YYYY-MM-DD/part-NNNN.csv`` partitions.
+    :param window_days: number of whole days in the training window, ending at the run's data interval end.
+    :param suite_path: the expectation suite JSON.
+    :param reports_dir: folder under which each run's Data Docs are written.
+    :param chunk_rows: rows read and validated at a time; bounds the task's memory.
+    """
+
+    template_fields: Sequence[str] = ("wasb_conn_id", "container", "window_days", "suite_path", "reports_dir")
+    ui_color = "#e6f0ff"
+
+    def __init__(
+        self,
+        *,
+        wasb_conn_id: str = config.BLOB_CONN_ID,
+        container: str = config.BLOB_CONTAINER,
+        window_days: int = config.TRAINING_WINDOW_DAYS,
+        suite_path: str | Path = config.EXPECTATION_SUITE_PATH,
+        reports_dir: str | Path = config.REPORTS_DIR,
+        chunk_rows: int = config.VALIDATION_CHUNK_ROWS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.wasb_conn_id = wasb_conn_id
+        self.container = container
+        self.window_days = window_days
+        self.suite_path = str(suite_path)
+        self.reports_dir = str(reports_dir)
+        self.chunk_rows = chunk_rows
+
+    @cached_property
+    def hook(self) -> WasbHook:
+        # Imported here: the azure SDK is slow to import and the DAG file imports this module.
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+        return WasbHook(wasb_conn_id=self.wasb_conn_id)
+
+    def window_from_context(self, context: Context) -> TrainingWindow:
+        """The training window of the running DAG run (manual runs without a data interval use run_after)."""
+        dag_run = context.get("dag_run")
+        return training_window(
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            getattr(dag_run, "run_after", None),
+            int(self.window_days),
+        )
+
+    def execute(self, context: Context) -> dict:
+        from edge_training.validation import blob_partitions, validate_partitions
+
+        window = self.window_from_context(context)
+        docs_dir = docs_dir_for_run(self.reports_dir, self.dag_id, context["run_id"])
+        container_client = self.hook.get_conn().get_container_client(self.container)
+        partitions = blob_partitions(container_client, window)
+        self.log.info(
+            "Validating training window %s: %d blobs in container %s, %d days expected.",
+            window.label, len(partitions), self.container, len(window.days),
+        )
+        try:
+            summary = validate_partitions(
+                partitions,
+                window.days,
+                suite_path=self.suite_path,
+                docs_dir=docs_dir,
+                chunk_rows=int(self.chunk_rows),
+                window_label=window.label,
+            )
+        finally:
+            # Logged on success and failure alike: the report is where a failed run is diagnosed.
+            self.log.info("Data Docs report: %s", docs_dir / "index.html")
+        self.log.info(
+            "Training window %s passed: %d rows in %d partitions, data fingerprint %s.",
+            summary["window"], summary["row_count"], len(summary["partitions"]), summary["data_fingerprint"],
+        )
+        return summary
