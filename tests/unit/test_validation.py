@@ -1,0 +1,249 @@
+"""Streaming validation of partitions against the real Great Expectations suite, on bytes built here."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from edge_training import config
+from edge_training.exceptions import DataValidationError
+from edge_training.fingerprint import data_fingerprint
+from edge_training.validation import PartitionSource, _ChunkStream, validate_partitions
+
+HEADER = [
+    "machine_id", "timestamp", "temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct",
+    "power_kw", "failure_within_24h",
+]
+DAY = date(2026, 11, 1)
+# A reading no generated row uses, so the summary can be searched for it.
+MARKER_TEMPERATURE = "61.37"
+
+
+def rows(n: int, day: date = DAY, machines: int = 5) -> list[list[str]]:
+    start = datetime(day.year, day.month, day.day)
+    out = []
+    for i in range(n):
+        ts = (start + timedelta(minutes=i // machines)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        temperature = MARKER_TEMPERATURE if i == 0 else f"{60 + (i % 7) * 0.5:.2f}"
+        out.append(
+            [f"M-{i % machines + 1:04d}", ts, temperature, "2.5", "6.1", "1500.0", "45.0", "15.2", str(int(i % 25 == 0))]
+        )
+    return out
+
+
+def csv(data_rows: list[list[str]], header: list[str] = HEADER) -> bytes:
+    return ("\n".join([",".join(header)] + [",".join(r) for r in data_rows]) + "\n").encode("utf-8")
+
+
+def source(name: str, data: bytes, etag: str = "etag-1") -> PartitionSource:
+    return PartitionSource(name=name, etag=etag, size=len(data), opener=lambda: io.BytesIO(data))
+
+
+def run(tmp_path, sources, days=(DAY,), chunk_rows=1000):
+    return validate_partitions(
+        sources, list(days), suite_path=config.EXPECTATION_SUITE_PATH, docs_dir=tmp_path / "docs",
+        chunk_rows=chunk_rows, window_label="2026-11-01..2026-11-02",
+    )
+
+
+def failure(tmp_path, sources, **kwargs) -> str:
+    with pytest.raises(DataValidationError) as caught:
+        run(tmp_path, sources, **kwargs)
+    message = str(caught.value)
+    # Every failure message says where the report is and what to do.
+    assert f"Data Docs report: {tmp_path / 'docs' / 'index.html'}" in message
+    assert message.rstrip().endswith("nothing was trained on this data.")
+    assert (tmp_path / "docs" / "index.html").is_file()
+    return message
+
+
+NAME = "dt=2026-11-01/part-0000.csv"
+
+
+def test_clean_partitions_pass_with_a_summary_free_of_data(tmp_path):
+    day = rows(400)
+    summary = run(
+        tmp_path, [source(NAME, csv(day[:300])), source("dt=2026-11-01/part-0001.csv", csv(day[300:]))],
+        chunk_rows=64,
+    )
+    assert summary["success"] is True
+    assert summary["window"] == "2026-11-01..2026-11-02"
+    assert summary["partitions"] == [NAME, "dt=2026-11-01/part-0001.csv"]
+    assert summary["rows_per_partition"] == {NAME: 300, "dt=2026-11-01/part-0001.csv": 100}
+    assert summary["row_count"] == 400
+    assert summary["expectations_evaluated"] == len(json.loads(config.EXPECTATION_SUITE_PATH.read_text())["expectations"])
+    assert summary["data_fingerprint"].startswith("sha256:")
+    assert summary["validation_id"]
+    assert summary["data_docs"] == str(tmp_path / "docs" / "index.html")
+    index = (tmp_path / "docs" / "index.html").read_text()
+    assert "sensor_readings" in index
+    text = json.dumps(summary)
+    for cell in ("M-0001", "T00:00:00Z", MARKER_TEMPERATURE, "1500.0"):
+        assert cell not in text
+
+
+def test_unparsable_csv(tmp_path):
+    data = csv(rows(20)).replace(b"\nM-0003", b"\nM-0003,x,y,z", 1)
+    message = failure(tmp_path, [source(NAME, data)])
+    assert f"{NAME}: the CSV cannot be parsed" in message
+    assert "Expected 9 fields" in message
+
+
+def test_missing_column(tmp_path):
+    header = [c for c in HEADER if c != "vibration_mm_s"]
+    data = csv([r[:3] + r[4:] for r in rows(20)], header=header)
+    message = failure(tmp_path, [source(NAME, data)])
+    assert f"{NAME}: expect_table_columns_to_match_ordered_list" in message
+    assert "missing ['vibration_mm_s']" in message
+    # The missing column is reported once, not again by each of its own expectations.
+    assert "(vibration_mm_s)" not in message
+
+
+def test_renamed_column(tmp_path):
+    data = csv(rows(20), header=["temp_c" if c == "temperature_c" else c for c in HEADER])
+    message = failure(tmp_path, [source(NAME, data)])
+    assert "missing ['temperature_c']; unexpected ['temp_c']" in message
+
+
+def test_wrong_dtype_names_column_and_row(tmp_path):
+    data_rows = rows(30)
+    data_rows[11][HEADER.index("rpm")] = "abc"
+    message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=8)
+    assert f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64" in message
+    assert "first at data row 12" in message
+
+
+def test_empty_file(tmp_path):
+    message = failure(tmp_path, [source(NAME, b"")])
+    assert f"{NAME}: the file is empty (0 bytes" in message
+
+
+def test_header_only(tmp_path):
+    message = failure(tmp_path, [source(NAME, csv([]))])
+    assert f"{NAME}: expect_table_row_count_to_be_between: observed 0 rows, allowed ≥ 1" in message
+
+
+def test_missing_partition(tmp_path):
+    message = failure(tmp_path, [source(NAME, csv(rows(20)))], days=(DAY, DAY + timedelta(days=1)))
+    assert "dt=2026-11-02/: expect_table_row_count_to_be_between: no blobs in this partition" in message
+    assert "1 failure(s) in 1 of 2 partition(s)" in message
+
+
+def test_missing_values_above_threshold(tmp_path):
+    data_rows = rows(400)
+    for r in data_rows[::25]:  # 4 %
+        r[HEADER.index("pressure_bar")] = ""
+    message = failure(tmp_path, [source(NAME, csv(data_rows))])
+    assert (
+        f"{NAME}: expect_column_values_to_not_be_null(pressure_bar): 16 of 400 values missing (4.00%), "
+        "allowed ≤ 1.00%"
+    ) in message
+
+
+def test_missing_value_share_is_judged_over_the_whole_partition(tmp_path):
+    data_rows = rows(400)
+    for r in data_rows[:3]:  # 0.75 % of the partition, but 3 % of the first chunk
+        r[HEADER.index("pressure_bar")] = ""
+    assert run(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=100)["success"] is True
+
+
+def test_missing_label_is_not_tolerated(tmp_path):
+    data = csv(rows(20))[:-3]  # cut inside the last row, as an interrupted upload would
+    message = failure(tmp_path, [source(NAME, data)])
+    assert f"{NAME}: expect_column_values_to_not_be_null(failure_within_24h): 1 of 20 values missing" in message
+
+
+def test_out_of_range_values_report_the_observed_extreme(tmp_path):
+    data_rows = rows(50)
+    data_rows[7][HEADER.index("temperature_c")] = "912.0"
+    data_rows[9][HEADER.index("rpm")] = "-5"
+    message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=16)
+    assert (
+        f"{NAME}: expect_column_values_to_be_between(temperature_c): 1 of 50 values out of range, "
+        "observed max 912.0, allowed ≤ 150.0"
+    ) in message
+    assert "expect_column_values_to_be_between(rpm): 1 of 50 values out of range, observed min -5.0, allowed ≥ 0.0" in message
+    # Only the offending extreme is quoted, never the rows around it.
+    assert MARKER_TEMPERATURE not in message and "M-0001" not in message
+
+
+def test_label_outside_0_1(tmp_path):
+    data_rows = rows(20)
+    data_rows[4][-1] = "2"
+    message = failure(tmp_path, [source(NAME, csv(data_rows))])
+    assert "expect_column_values_to_be_in_set(failure_within_24h): 1 values outside {0, 1} (observed 2)" in message
+
+
+def test_duplicate_keys_across_chunks(tmp_path):
+    data_rows = rows(40)
+    data_rows.append(list(data_rows[2]))  # same machine and timestamp, read in a later chunk
+    message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=10)
+    assert (
+        f"{NAME}: expect_compound_columns_to_be_unique(machine_id, timestamp): 1 repeated keys within the file"
+    ) in message
+
+
+def test_duplicate_keys_across_blobs_of_a_day(tmp_path):
+    data_rows = rows(40)
+    second = "dt=2026-11-01/part-0001.csv"
+    message = failure(tmp_path, [source(NAME, csv(data_rows[:30])), source(second, csv(data_rows[25:]))])
+    assert f"{second}: expect_compound_columns_to_be_unique(machine_id, timestamp): 5 keys also in {NAME}" in message
+
+
+def test_non_utf8_bytes(tmp_path):
+    data = csv(rows(20)).replace(b"M-0004", b"M\xff0004", 1)
+    message = failure(tmp_path, [source(NAME, data)])
+    assert f"{NAME}: bytes that are not valid UTF-8 (byte 0xff" in message
+
+
+def test_every_failure_is_listed(tmp_path):
+    bad_range = rows(20)
+    bad_range[3][HEADER.index("humidity_pct")] = "140"
+    other = "dt=2026-11-01/part-0001.csv"
+    message = failure(
+        tmp_path,
+        [source(NAME, csv(bad_range)), source(other, b"")],
+        days=(DAY, DAY + timedelta(days=1)),
+    )
+    assert f"{NAME}: expect_column_values_to_be_between(humidity_pct)" in message
+    assert f"{other}: the file is empty" in message
+    assert "dt=2026-11-02/: " in message
+    assert "3 failure(s) in 3 of 3 partition(s)" in message
+
+
+def test_data_docs_are_built_on_success(tmp_path):
+    summary = run(tmp_path, [source(NAME, csv(rows(10)))])
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert summary["data_docs"].endswith("index.html") and len(pages) == 1
+
+
+def test_fingerprint_changes_when_a_blob_changes(tmp_path):
+    data = csv(rows(10))
+    first = run(tmp_path, [source(NAME, data, etag="0x1")])["data_fingerprint"]
+    again = run(tmp_path, [source(NAME, data, etag="0x1")])["data_fingerprint"]
+    changed = run(tmp_path, [source(NAME, data, etag="0x2")])["data_fingerprint"]
+    assert first == again != changed
+
+
+def test_fingerprint_is_order_independent_and_sensitive_to_each_field():
+    blobs = [("dt=2026-11-01/part-0000.csv", "0xA", 10), ("dt=2026-11-01/part-0001.csv", "0xB", 20)]
+    assert data_fingerprint(blobs) == data_fingerprint(reversed(blobs))
+    assert data_fingerprint(blobs) != data_fingerprint(blobs[:1])
+    assert data_fingerprint(blobs) != data_fingerprint([blobs[0], (blobs[1][0], "0xC", 20)])
+    assert data_fingerprint(blobs) != data_fingerprint([blobs[0], (blobs[1][0], "0xB", 21)])
+
+
+def test_chunk_rows_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        run(tmp_path, [source(NAME, csv(rows(3)))], chunk_rows=0)
+
+
+def test_chunk_stream_reassembles_download_chunks():
+    data = bytes(range(256)) * 50
+    pieces = [data[i : i + 777] for i in range(0, len(data), 777)]
+    with io.BufferedReader(_ChunkStream(iter(pieces)), buffer_size=1000) as stream:
+        assert stream.read(5) == data[:5]
+        assert stream.read() == data[5:]

@@ -1,0 +1,64 @@
+"""The training window: which days (and blob prefixes) a run validates and trains on."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from edge_training.window import TrainingWindow, training_window
+
+UTC = timezone.utc
+
+
+def test_scheduled_run_covers_the_days_before_the_interval_end():
+    window = training_window(
+        datetime(2026, 11, 7, 2, tzinfo=UTC), datetime(2026, 11, 8, 2, tzinfo=UTC), None, days=7
+    )
+    assert window == TrainingWindow(start=date(2026, 11, 1), end=date(2026, 11, 8))
+    assert window.label == "2026-11-01..2026-11-08"
+    assert window.days == [date(2026, 11, d) for d in range(1, 8)]
+    assert window.partition_prefixes[0] == "dt=2026-11-01/"
+    assert window.partition_prefixes[-1] == "dt=2026-11-07/"
+    assert len(window.partition_prefixes) == 7
+
+
+def test_manual_run_without_interval_uses_run_after():
+    window = training_window(None, None, datetime(2026, 11, 20, 13, 5, tzinfo=UTC), days=3)
+    assert window.label == "2026-11-17..2026-11-20"
+
+
+def test_interval_end_wins_over_run_after():
+    window = training_window(
+        None, datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 12, 24, tzinfo=UTC), days=1
+    )
+    assert window.days == [date(2026, 11, 7)]
+
+
+def test_end_is_taken_as_utc_date():
+    # 01:00 at UTC+2 is still the previous day in UTC.
+    end = datetime(2026, 11, 8, 1, tzinfo=timezone(timedelta(hours=2)))
+    assert training_window(None, end, None, days=1).days == [date(2026, 11, 6)]
+
+
+def test_backfill_runs_get_their_own_historical_windows():
+    labels = {
+        training_window(None, datetime(2026, 10, d, 2, tzinfo=UTC), None, days=2).label for d in (10, 11, 12)
+    }
+    assert labels == {"2026-10-08..2026-10-10", "2026-10-09..2026-10-11", "2026-10-10..2026-10-12"}
+
+
+@pytest.mark.parametrize("days", [0, -3, 1.5, True])
+def test_window_length_must_be_a_positive_whole_number(days):
+    with pytest.raises(ValueError, match=r"whole number of days >= 1.*EDGE_TRAINING_WINDOW_DAYS"):
+        training_window(None, datetime(2026, 11, 8, tzinfo=UTC), None, days=days)
+
+
+def test_window_needs_an_end():
+    with pytest.raises(ValueError, match="neither a data interval end nor a run_after"):
+        training_window(None, None, None, days=7)
+
+
+def test_window_end_must_follow_start():
+    with pytest.raises(ValueError, match="not after its start"):
+        TrainingWindow(start=date(2026, 11, 8), end=date(2026, 11, 8))
