@@ -170,6 +170,15 @@ def test_closed_port_is_unreachable(edge_env, monkeypatch):
     assert "Unable to connect" in str(err.value) and "sshd listens" in str(err.value)
 
 
+def test_unknown_host_name_is_unreachable(edge_env, monkeypatch):
+    _set_vm_conn(monkeypatch, {**_vm_conn(edge_env), "host": "edge-vm.invalid"})
+
+    with pytest.raises(EdgeVMUnreachableError) as err:
+        _hook(connect_attempts=1).run("true")
+
+    assert "edge-vm.invalid:" in str(err.value) and "gaierror" in str(err.value)
+
+
 def test_peer_that_never_speaks_ssh_is_unreachable(edge_env, monkeypatch):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -180,7 +189,9 @@ def test_peer_that_never_speaks_ssh_is_unreachable(edge_env, monkeypatch):
         hook = _hook(connect_attempts=1)
         hook.banner_timeout = 1
 
-        with pytest.raises(EdgeVMUnreachableError, match="protocol banner"):
+        # paramiko reports this as "Error reading SSH protocol banner" or, racing its reader thread, as
+        # "No existing session": either way an SSHException that must read as an unreachable VM.
+        with pytest.raises(EdgeVMUnreachableError, match=f"127.0.0.1:{conn['port']} over SSH.*SSHException"):
             hook.run("true")
 
 
