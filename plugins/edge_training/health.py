@@ -31,7 +31,13 @@ REPORT_KEYS = (
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.strip().split("."))
+    try:
+        return tuple(int(part) for part in text.strip().split("."))
+    except ValueError:
+        raise ValueError(
+            f"Python version {text!r} is not dotted numbers like '3.9' (checked EDGE_VM_MIN_PYTHON and the version "
+            "the edge VM reported); fix the setting."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -260,3 +260,11 @@ def test_health_module_imports_no_airflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(PLUGINS), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "False"
+
+
+def test_a_malformed_minimum_python_setting_is_named():
+    code = "import edge_training.health"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env={"PYTHONPATH": str(PLUGINS), "PATH": "/usr/bin:/bin", "EDGE_VM_MIN_PYTHON": "three"})
+    assert out.returncode != 0
+    assert "'three' is not dotted numbers" in out.stderr and "EDGE_VM_MIN_PYTHON" in out.stderr
