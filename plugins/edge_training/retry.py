@@ -1,9 +1,8 @@
 """Which failures are worth retrying.
 
 Bad data, a host key that does not match the pinned one, a connection without a pinned host key, and refused
-credentials will fail the same way on every
-attempt, so they fail the task at once; anything else (an unreachable VM, a dropped connection, a throttled
-service) falls through to the task's ordinary retries with exponential backoff.
+credentials fail the same way on every attempt, so they fail the task at once; anything else (an unreachable VM,
+a dropped connection, a throttled service) falls through to the task's ordinary retries with exponential backoff.
 """
 
 from __future__ import annotations

@@ -53,20 +53,20 @@ def test_every_task_retries_at_least_twice(dag_bag):
 
 
 def test_pipeline_order(dag_bag):
-    dag = dag_bag.get_dag("edge_training")
+    dag = dag_bag.dags["edge_training"]
     order = ["validate_data", "check_edge_vm", "train_on_edge_vm", "register_model"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} must precede {downstream}"
 
 
 def test_training_waits_in_the_vm_pool(dag_bag):
-    dag = dag_bag.get_dag("edge_training")
+    dag = dag_bag.dags["edge_training"]
     assert dag.get_task("train_on_edge_vm").pool == "edge_vm"
 
 
 def test_training_window_uses_real_data_intervals(dag_bag):
     from datetime import datetime, timezone
 
-    dag = dag_bag.get_dag("edge_training")
+    dag = dag_bag.dags["edge_training"]
     interval = dag.timetable.infer_manual_data_interval(run_after=datetime(2026, 11, 27, 3, tzinfo=timezone.utc))
     assert interval.end > interval.start, "the timetable must give each run a non-empty data interval"
