@@ -1,0 +1,428 @@
+"""Train the model on the edge VM, next to the data, and bring back only the model and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from edge_training import config, remote_job
+from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError
+from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
+from edge_training.window import training_window
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from edge_training.hooks.edge_vm import EdgeVMHook
+
+# Marks a local artifacts dir as complete: a retry that finds it reuses it instead of fetching again.
+_ARTIFACTS_COMPLETE = ".complete"
+
+
+def blob_connection_string(login: str | None, password: str | None, host: str | None, extra: Mapping) -> str:
+    """Connection string the edge VM uses to read the blob container, from a wasb connection's fields.
+
+    Supports the ``connection_string`` extra (what the local stack and Stack Hub setups use), an account
+    name + key (login/password, with ``host`` as the blob endpoint, e.g. Stack Hub's
+    ``https://<account>.blob.local.azurestack.external``), or a ``sas_token`` extra with ``host``.
+    """
+    if extra.get("connection_string"):
+        return str(extra["connection_string"])
+    endpoint = (host or "").rstrip("/")
+    if login and password:
+        endpoint = endpoint or f"https://{login}.blob.core.windows.net"
+        protocol = "http" if endpoint.startswith("http://") else "https"
+        return (
+            f"DefaultEndpointsProtocol={protocol};AccountName={login};AccountKey={password};"
+            f"BlobEndpoint={endpoint};"
+        )
+    sas = extra.get("sas_token")
+    if sas and endpoint:
+        return f"BlobEndpoint={endpoint};SharedAccessSignature={str(sas).lstrip('?')}"
+    raise EdgeTrainingError(
+        "Checked the blob connection for credentials the edge VM can use; found neither a 'connection_string' "
+        "extra, nor login (account name) + password (account key), nor a 'sas_token' extra with host. "
+        "Add one of them to the connection (the VM reads the data itself, so it needs its own credentials)."
+    )
+
+
+def _as_seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class EdgeVMTrainingOperator(BaseOperator):
+    """
+    Run ``include/training/train.py`` on the edge VM for the run's training window and wait for it.
+
+    The job id comes from the task instance (dag, run, task, map index), so a retry or a restarted worker
+    re-attaches to the job that is already running or finished instead of training twice. A job that
+    failed is set aside on the VM and started afresh by the next try, except for bad input (exit code 2),
+    which fails the task at once. Returns ``{"job_id", "artifacts_dir", "metrics", "code_version",
+    "vm_host_fingerprint", "window", "training_seconds"}``; ``artifacts_dir`` holds ``model.onnx`` and
+    ``metrics.json``.
+
+    :param ssh_conn_id: SSH connection of the edge VM (with its pinned ``host_key``).
+    :param wasb_conn_id: Blob connection; its credentials are written to the job dir on the VM (mode 600)
+        so that the VM reads the data itself. They never appear on a command line or in a log.
+    :param container: Blob container with the daily partitions.
+    :param window_days: Length of the training window in days (templated).
+    :param model_name: Registered model whose champion is sent along to be scored on the same holdout.
+    :param base_dir: Work dir on the edge VM (code, envs and jobs live under it).
+    :param training_params: Hyperparameters passed to ``train.py --params`` (dict or JSON; templated).
+    :param holdout_days: Last days of the window held out for evaluation.
+    :param deferrable: Wait in the triggerer (no worker slot held) rather than polling in the worker.
+    :param poll_interval: Seconds between two status checks of the job.
+    :param timeout: Seconds the job may run from submission; also capped by ``execution_timeout``.
+        When it passes the job is stopped on the VM and the task fails.
+    :param code_dir: Local folder shipped to the VM as the training code.
+    :param env_timeout: Seconds allowed for building the VM's virtualenv (pip install) the first time.
+    """
+
+    template_fields: Sequence[str] = ("window_days", "training_params", "container", "model_name")
+    ui_color = "#d9ecf7"
+
+    def __init__(
+        self,
+        *,
+        ssh_conn_id: str = config.VM_CONN_ID,
+        wasb_conn_id: str = config.BLOB_CONN_ID,
+        container: str = config.BLOB_CONTAINER,
+        window_days: int | str = config.TRAINING_WINDOW_DAYS,
+        model_name: str = config.MODEL_NAME,
+        base_dir: str = config.VM_WORK_DIR,
+        training_params: dict | str | None = None,
+        holdout_days: int = 1,
+        deferrable: bool = True,
+        poll_interval: float = config.TRAINING_POLL_INTERVAL_S,
+        timeout: float | timedelta = config.TRAINING_TIMEOUT_S,
+        code_dir: str | Path = config.TRAINING_CODE_DIR,
+        env_timeout: float = config.VM_ENV_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ssh_conn_id = ssh_conn_id
+        self.wasb_conn_id = wasb_conn_id
+        self.container = container
+        self.window_days = window_days
+        self.model_name = model_name
+        self.base_dir = base_dir
+        self.training_params = training_params
+        self.holdout_days = holdout_days
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.code_dir = Path(code_dir)
+        self.env_timeout = env_timeout
+        self._job_id: str | None = None
+        self._abs_base: str | None = None
+
+    @cached_property
+    def hook(self) -> EdgeVMHook:
+        from edge_training.hooks.edge_vm import EdgeVMHook
+
+        return EdgeVMHook(ssh_conn_id=self.ssh_conn_id)
+
+    # -- remote helpers -------------------------------------------------------------------------------------
+
+    def _run(self, command: str, step: str, timeout: float = 60, input: bytes | None = None) -> str:
+        result = self.hook.run(command, timeout=timeout, input=input)
+        if result.exit_status != 0:
+            # stderr of our own commands (mkdir, pip, venv) carries no data rows; keep only its end.
+            err = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise EdgeVMJobError(
+                f"Edge VM step '{step}' on {self.hook.address} exited with status {result.exit_status}: {err} "
+                "Check the message above on the VM (disk space, permissions, PyPI reachable for pip), then retry."
+            )
+        return result.stdout
+
+    def _resolve_base(self) -> str:
+        if self._abs_base is None:
+            out = self._run(remote_job.resolve_base_command(self.base_dir), "create work dir").strip()
+            self._abs_base = out.splitlines()[-1] if out else ""
+            if not self._abs_base.startswith("/"):
+                raise EdgeVMJobError(
+                    f"Checked the edge VM work dir {self.base_dir!r}; `pwd` printed {self._abs_base!r}, not an "
+                    "absolute path. Set base_dir (EDGE_VM_WORK_DIR) to a directory the SSH user can create."
+                )
+        return self._abs_base
+
+    def _status(self, job: str) -> remote_job.JobStatus:
+        base = self._resolve_base()
+        out = self._run(
+            remote_job.status_command(base, job, script_on_stdin=True),
+            "job status",
+            input=remote_job.STATUS_SCRIPT.encode(),
+        )
+        return remote_job.parse_status(out)
+
+    # -- execute -------------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        ti = context["ti"]
+        job = remote_job.job_id(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+        self._job_id = job
+        base = self._resolve_base()
+
+        status = self._status(job)
+        if status.state == "failed":
+            # A failed job is only seen again by a new try (automatic retry, or a clear after a fix): train again.
+            self.log.info("Edge VM job %s failed earlier (%s); setting it aside and starting it again", job, status.reason)
+            self.log.info("%s", self._run(remote_job.archive_failed_command(base, job), "set failed job aside").strip())
+            status = self._status(job)
+
+        if status.state == "missing":
+            status = self._submit(context, job)
+        else:
+            self.log.info("Edge VM job %s already exists (%s): re-attaching, not starting another", job, status.state)
+
+        ti.xcom_push(key="job_id", value=job)
+        if status.terminal:
+            return self.execute_complete(context, remote_job.status_event(job, status))
+
+        trigger = EdgeVMJobTrigger(
+            ssh_conn_id=self.ssh_conn_id,
+            job_id=job,
+            base_dir=base,
+            poll_interval=self.poll_interval,
+            timeout_at=self._timeout_at(status),
+        )
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_complete")
+        # Same poll loop as the triggerer, run here: one code path for both modes.
+        event = asyncio.run(self._first_event(trigger))
+        return self.execute_complete(context, event)
+
+    @staticmethod
+    async def _first_event(trigger: EdgeVMJobTrigger) -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AirflowException("The edge VM job trigger ended without an event.")
+
+    def _timeout_at(self, status: remote_job.JobStatus) -> float:
+        limits = [s for s in (_as_seconds(self.timeout), _as_seconds(self.execution_timeout)) if s]
+        submitted = (status.job or {}).get("submitted_at_epoch") or time.time()
+        return float(submitted) + (min(limits) if limits else 12 * 3600)
+
+    def _submit(self, context: Context, job: str) -> remote_job.JobStatus:
+        base = self._resolve_base()
+        layout = remote_job.RemoteLayout(base)
+        window = training_window(
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            getattr(context.get("dag_run"), "run_after", None),
+            int(self.window_days),
+        )
+        params = self.training_params
+        if isinstance(params, str):
+            params = json.loads(params) if params.strip() else {}
+
+        code_version = self._ship_code(base)
+        req_text = (self.code_dir / "requirements.txt").read_text()
+        req_hash = remote_job.requirements_hash(req_text)
+        self.log.info("Preparing the training env %s on the edge VM (first time per requirements: pip install)", req_hash)
+        out = self._run(
+            remote_job.prepare_env_command(
+                base,
+                req_hash,
+                f"{layout.code_dir(code_version)}/requirements.txt",
+                python=config.VM_PYTHON,
+                pip_args=config.VM_PIP_ARGS.split(),
+                lock_timeout=int(self.env_timeout),
+            ),
+            "prepare training env",
+            timeout=self.env_timeout + 60,
+        )
+        self.log.info("%s", out.strip())
+
+        self._run(remote_job.mkdirs_command([layout.job_dir(job)]), "create job dir")
+        champion = self._ship_champion(layout.job_file(job, "champion.onnx"))
+        # The connection string goes over SFTP into a 600 file: never on a command line, never in a log.
+        cs = self._blob_connection_string()
+        self.hook.put_bytes(cs.encode(), layout.job_file(job, "blob.cs"), mode=0o600)
+
+        ti = context["ti"]
+        meta = {
+            "job_id": job,
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "map_index": getattr(ti, "map_index", -1),
+            "code_version": code_version,
+            "requirements_hash": req_hash,
+            "container": self.container,
+            "window": window.label,
+            "window_start": window.start.isoformat(),
+            "window_end": window.end.isoformat(),
+            "holdout_days": int(self.holdout_days),
+            "training_params": params or {},
+            "champion_version": champion,
+            "submitted_at": datetime.now(timezone.utc).isoformat(),
+            "submitted_at_epoch": time.time(),
+        }
+        self.hook.put_bytes(json.dumps(meta, indent=2).encode(), layout.job_file(job, "job.json"), mode=0o600)
+
+        args = remote_job.training_args(
+            self.container,
+            window.start.isoformat(),
+            window.end.isoformat(),
+            holdout_days=int(self.holdout_days),
+            params=params,
+            champion=champion is not None,
+        )
+        out = self._run(
+            remote_job.start_job_command(base, job, code_version, req_hash, args), "start training job", timeout=120
+        )
+        status = remote_job.parse_status(out)
+        if status.started:
+            self.log.info(
+                "Started edge VM job %s (pid %s) for training window %s, code version %s",
+                job, status.pid, window.label, code_version,
+            )  # fmt: skip
+        else:
+            # Another worker won the start lock between our status check and now: attach to its job.
+            self.log.info("Edge VM job %s was started by another attempt (%s): re-attaching", job, status.state)
+        return status
+
+    def _ship_code(self, base: str) -> str:
+        files = remote_job.collect_code(self.code_dir)
+        if "train.py" not in files:
+            raise EdgeTrainingError(
+                f"Checked the training code dir {self.code_dir} for train.py; it is not there. "
+                "Point code_dir (EDGE_TRAINING_CODE_DIR) at the folder holding train.py and requirements.txt."
+            )
+        version = remote_job.code_hash(files)
+        present = self._run(remote_job.code_present_command(base, version), "check code version").strip()
+        if present.endswith("present"):
+            self.log.info("Training code version %s is already on the edge VM", version)
+            return version
+        code_dir = remote_job.RemoteLayout(base).code_dir(version)
+        for name, content in files.items():
+            mode = 0o700 if name.endswith(".sh") else 0o600
+            self.hook.put_bytes(content, f"{code_dir}/{name}", mode=mode)
+        # The marker is written last so a half-shipped version is never taken as complete.
+        self._run(remote_job.mark_code_complete_command(base, version), "mark code version complete")
+        self.log.info("Shipped training code version %s (%d files) to the edge VM", version, len(files))
+        return version
+
+    def _ship_champion(self, remote_path: str) -> str | None:
+        try:
+            from edge_training.registry import get_model_registry
+        except ImportError:
+            self.log.info("No model registry configured: training without a champion to compare against")
+            return None
+        registry = get_model_registry()
+        champion = registry.get_champion(self.model_name)
+        if champion is None:
+            self.log.info("Model %s has no champion yet: the new model is scored on its own", self.model_name)
+            return None
+        version = str(getattr(champion, "version", champion))
+        with tempfile.TemporaryDirectory(prefix="edge-champion-") as tmp:
+            onnx = registry.download_onnx(champion, Path(tmp))
+            self.hook.put_file(Path(onnx), remote_path)
+        self.log.info("Sent champion %s version %s to be scored on the same holdout", self.model_name, version)
+        return version
+
+    def _blob_connection_string(self) -> str:
+        conn = BaseHook.get_connection(self.wasb_conn_id)
+        return blob_connection_string(conn.login, conn.password, conn.host, conn.extra_dejson)
+
+    # -- completion ----------------------------------------------------------------------------------------
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        job = event["job_id"]
+        self._job_id = job
+        base = self._resolve_base()
+        if event.get("status") != "success":
+            if event.get("timed_out"):
+                self.log.warning("Edge VM job %s timed out: stopping it on the VM", job)
+                self._run(remote_job.kill_command(base, job), "stop timed-out job", timeout=60)
+            # Credentials and scratch data must not outlive the job, whatever its outcome.
+            self._run(remote_job.cleanup_command(base, job), "clean up job dir")
+            self._fail(job, event)
+
+        status = self._status(job)
+        meta = status.job or {}
+        local = Path(config.ARTIFACTS_DIR) / job
+        if (local / _ARTIFACTS_COMPLETE).exists():
+            self.log.info("Artifacts of edge VM job %s already fetched to %s: reusing them", job, local)
+        else:
+            self._fetch(base, job, local)
+        self._run(remote_job.cleanup_command(base, job), "clean up job dir")
+
+        metrics = json.loads((local / "metrics.json").read_text())
+        result = {
+            "job_id": job,
+            "artifacts_dir": str(local),
+            "metrics": metrics,
+            "code_version": meta.get("code_version"),
+            "vm_host_fingerprint": self.hook.host_key_fingerprint(),
+            "window": meta.get("window"),
+            "training_seconds": status.training_seconds,
+        }
+        self.log.info(
+            "Edge VM job %s done in %ss: code version %s, training window %s, metrics %s",
+            job, result["training_seconds"], result["code_version"], result["window"], sorted(metrics),
+        )  # fmt: skip
+        return result
+
+    def _fetch(self, base: str, job: str, local: Path) -> None:
+        remote_out = remote_job.RemoteLayout(base).job_file(job, "out")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            self.hook.get_dir(remote_out, partial)
+        except FileNotFoundError as err:
+            raise EdgeVMJobError(
+                f"Edge VM job {job} succeeded, but its outputs {remote_out} are gone from the VM and not in "
+                f"{local} on this worker (they were fetched and cleaned up by a worker with another "
+                "EDGE_ARTIFACTS_DIR?). Point EDGE_ARTIFACTS_DIR at storage all workers share, or remove the job "
+                "dir on the VM and clear the task to train again."
+            ) from err
+        missing = [name for name in ("model.onnx", "metrics.json") if not (partial / name).is_file()]
+        if missing:
+            raise EdgeVMJobError(
+                f"Edge VM job {job} exited 0 but its out/ lacks {', '.join(missing)}; "
+                f"train.py must write model.onnx and metrics.json to --out. Check train.log in the job dir on the VM."
+            )
+        (partial / _ARTIFACTS_COMPLETE).touch()
+        shutil.rmtree(local, ignore_errors=True)
+        partial.rename(local)
+        self.log.info("Fetched model.onnx and metrics.json of edge VM job %s to %s", job, local)
+
+    def _fail(self, job: str, event: Mapping[str, Any]) -> None:
+        tail = event.get("log_tail") or "(train.log is empty)"
+        bad_input = event.get("exit_code") == remote_job.EXIT_BAD_INPUT
+        if bad_input:
+            advice = "train.py rejected its input (exit code 2): fix the data or the window/params; a retry cannot help."
+        elif event.get("timed_out"):
+            advice = "Raise the operator's timeout, or check the VM's load; the job was stopped."
+        else:
+            advice = "The next try sets this job aside on the VM and trains again; see train.log there for the full log."
+        message = (
+            f"Edge VM training job {job} {event.get('message', 'failed')}. {advice}\n"
+            f"Last lines of train.log:\n{tail}"
+        )
+        raise (AirflowFailException if bad_input else AirflowException)(message)
+
+    def on_kill(self) -> None:
+        if not self._job_id:
+            return
+        try:
+            out = self._run(remote_job.kill_command(self._resolve_base(), self._job_id), "stop job", timeout=60)
+            self.log.info("%s", out.strip())
+        except Exception:
+            self.log.exception("Could not stop edge VM job %s; stop it on the VM (kill its process group)", self._job_id)
