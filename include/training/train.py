@@ -28,8 +28,14 @@ Outputs, and nothing else, in ``OUT_DIR``:
 
 ``SCRATCH_DIR`` holds downloaded partitions while they are parsed and is removed at the end, also on failure.
 
+Holdout metrics (scored with the exported ONNX model, threshold 0.5 for f1/accuracy): ``roc_auc``, ``pr_auc``
+(average precision), ``f1``, ``accuracy``, ``positive_rate`` (share of holdout rows labelled 1),
+``predicted_positive_rate``, ``n_train``, ``n_holdout`` (``n_train`` is null in ``champion_metrics``). Rows with a
+missing feature or label are dropped and counted in ``rows.dropped_incomplete``.
+
 Exit codes: 0 success; 2 the request cannot succeed as given (bad arguments, credentials refused, a training window
-without usable data) - retrying will not help; 1 any other failure (network, out of memory, ...) - may be retried.
+without usable data) - retrying will not help; 1 any other failure (network, out of memory, ...) - may be retried;
+143 stopped by SIGTERM (scratch still removed).
 Progress goes to stderr, one line per step; the last line says what happened. No data rows are ever printed.
 """
 
@@ -73,8 +79,15 @@ class UsageError(Exception):
     """The request cannot succeed as given; the message says what was checked, what was found and what to do."""
 
 
-class Terminated(Exception):
-    """The job was stopped by a signal (e.g. the Airflow task was killed); raised so clean-up still runs."""
+class Terminated(BaseException):
+    """The job was stopped by a signal (e.g. the Airflow task was killed); raised so clean-up still runs.
+
+    A BaseException, like KeyboardInterrupt, so that no library's ``except Exception`` swallows it mid-fit.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,7 +585,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _on_signal(signum, frame):
-    raise Terminated(f"stopped by signal {signal.Signals(signum).name}")
+    raise Terminated(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -587,7 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    except (Exception, Terminated, KeyboardInterrupt) as exc:
+    except Terminated as exc:
+        log.error("training %s", exc)
+        return exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:
         tail = traceback.format_exc().strip().splitlines()[-12:]
         log.error("training failed (%s); traceback tail:\n%s", type(exc).__name__, "\n".join(tail))
         return EXIT_FAILURE

@@ -200,3 +200,29 @@ def test_bad_label_values_exit_2_with_a_count(tmp_path):
     assert proc.returncode == 2
     assert "1 row(s) have a failure_within_24h value other than 0 or 1" in proc.stderr
     assert_no_data_rows(proc.stderr)
+
+
+def test_sigterm_stops_the_job_with_143_and_removes_scratch(tmp_path, source):
+    """What the operator's kill does to a running job: stop it, leave no data behind, no model."""
+    import signal
+
+    argv = [sys.executable, str(TRAIN), "--container", CONTAINER, "--start", "2026-11-01", "--end", "2026-11-06",
+            "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--source-dir", str(source),
+            "--params", '{"n_estimators": 20000, "max_depth": 4, "n_jobs": 1}']
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "training RandomForestClassifier" in line:
+                break
+        assert (tmp_path / "scratch").is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert "stopped by signal SIGTERM" in rest
+    assert not (tmp_path / "scratch").exists()
+    assert list((tmp_path / "out").iterdir()) == []
