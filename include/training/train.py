@@ -491,6 +491,9 @@ def train(args: argparse.Namespace) -> dict:
     """Run one training job; returns the metrics document written next to the model."""
     started_at = time.monotonic()
     start, end = _parse_day(args.start, "--start"), _parse_day(args.end, "--end")
+    if end <= start:
+        raise UsageError(f"--end {end} is not after --start {start}; --end is the day after the last day of the "
+                         f"training window (exclusive). Swap them or move --end later.")
     days = window_days(start, end)
     train_days, holdout_days = split_window(days, args.holdout_days)
     params = model_params(args.params)

@@ -226,3 +226,9 @@ def test_sigterm_stops_the_job_with_143_and_removes_scratch(tmp_path, source):
     assert "stopped by signal SIGTERM" in rest
     assert not (tmp_path / "scratch").exists()
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_end_before_start_exits_2(tmp_path, source):
+    proc = run_train(tmp_path, source=source, start="2026-11-05", end="2026-11-01")
+    assert proc.returncode == 2
+    assert "--end 2026-11-01 is not after --start 2026-11-05" in proc.stderr
