@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -100,6 +102,24 @@ def _check_safe(what: str, value: str) -> str:
     return value
 
 
+@contextmanager
+def _keep_tracking_uri_env():
+    """Restore ``MLFLOW_TRACKING_URI`` in ``os.environ`` after MLflow's fluent API changed it.
+
+    Switching MLflow's tracking URI temporarily writes the environment variable, and switching back to "not
+    set" deletes it: without this, the next registry built in the same process (``airflow dags test`` runs
+    every task in one process) would silently fall back to the default database.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def read_artifacts(artifacts_dir: Path) -> tuple[Path, dict]:
     """Check a training artifacts folder and return (ONNX path, numeric metrics from metrics.json).
 
@@ -153,7 +173,10 @@ class MLflowModelRegistry:
         self.experiment_name = experiment_name
 
     def __repr__(self) -> str:
-        return f"MLflowModelRegistry(tracking_uri={self.tracking_uri!r}, artifacts_dir={str(self.artifacts_dir)!r})"
+        # A remote tracking URI may carry credentials (https://user:token@host): never print them.
+        parsed = urlparse(self.tracking_uri)
+        shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else self.tracking_uri
+        return f"MLflowModelRegistry(tracking_uri={shown!r}, artifacts_dir={str(self.artifacts_dir)!r})"
 
     @cached_property
     def client(self):
@@ -246,7 +269,7 @@ class MLflowModelRegistry:
             run = client.create_run(experiment_id, run_name=run_id[:250], tags={REGISTRATION_KEY_TAG: run_id})
 
         # MLflow's model logging only exists in the fluent API, which reads a process-wide tracking URI.
-        with _use_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+        with _keep_tracking_uri_env(), _use_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run.info.run_id):
             if metrics:
                 # Logged before the model so MLflow links them to the logged model too.
                 mlflow.log_metrics(metrics)
@@ -354,9 +377,15 @@ def get_model_registry(backend: str | None = None) -> ModelRegistry:
         ``EDGE_MLFLOW_ARTIFACTS_DIR``).
     :raises ValueError: unknown backend.
     """
-    name = (backend or config.MODEL_REGISTRY).strip().lower()
+    # Read at call time, like MLflow itself does: a process whose environment changed after `config` was
+    # imported (a test fixture applying the local edge stack's settings) must get the registry it points at.
+    name = (backend or os.getenv("EDGE_MODEL_REGISTRY") or config.MODEL_REGISTRY).strip().lower()
     if name == "mlflow":
-        return MLflowModelRegistry(config.MLFLOW_TRACKING_URI, config.MLFLOW_ARTIFACTS_DIR, config.MLFLOW_EXPERIMENT)
+        return MLflowModelRegistry(
+            os.getenv("MLFLOW_TRACKING_URI") or config.MLFLOW_TRACKING_URI,
+            os.getenv("EDGE_MLFLOW_ARTIFACTS_DIR") or config.MLFLOW_ARTIFACTS_DIR,
+            os.getenv("EDGE_MLFLOW_EXPERIMENT") or config.MLFLOW_EXPERIMENT,
+        )
     raise ValueError(
         f"Model registry: unknown backend {name!r} (from the operator's registry_backend or EDGE_MODEL_REGISTRY). "
         "Use 'mlflow'."

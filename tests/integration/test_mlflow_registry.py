@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -145,12 +146,14 @@ def test_missing_model_file_is_a_clear_error(registry, tmp_path):
 
 
 def test_factory_defaults_to_mlflow_and_rejects_unknown_backends(monkeypatch, tmp_path):
-    from edge_training import config
-
-    monkeypatch.setattr(config, "MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    monkeypatch.setattr(config, "MLFLOW_ARTIFACTS_DIR", tmp_path / "a")
+    monkeypatch.delenv("EDGE_MODEL_REGISTRY", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "a"))
     reg = get_model_registry()
     assert isinstance(reg, MLflowModelRegistry) and reg.tracking_uri.endswith("m.db")
+    assert reg.artifacts_dir == (tmp_path / "a").resolve()
+    secret = MLflowModelRegistry("https://user:s3cret@mlflow.example:5000/", tmp_path / "a")
+    assert "s3cret" not in repr(secret) and "mlflow.example" in repr(secret)
     with pytest.raises(ValueError, match="unknown backend 'nosuch'"):
         get_model_registry("nosuch")
 
@@ -195,15 +198,15 @@ def _run_operator(training: dict, force="{{ params.force_promote }}", validation
 
 
 def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys):
-    from edge_training import config
-
-    monkeypatch.setattr(config, "MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(config, "MLFLOW_ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     registry = get_model_registry()
 
     good, _ = _build_artifacts(tmp_path / "good", seed=1, roc_auc=0.91)
     first = _run_operator(_training(good, "job-1", None), run_id="scheduled__2026-11-20T02:00:00+00:00")
     assert first["version"] == "1" and first["promoted"] is True
+    # Registering must not clobber the process's MLflow setting (every task shares one process in `dags test`).
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert first["decision"]["outcome"] == "promoted_no_champion"
     assert registry.get_champion(MODEL).version == "1"
     stored = registry.find_version_by_run(MODEL, "job-1").tags
@@ -240,10 +243,8 @@ def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys
 
 
 def test_operator_refuses_a_failed_validation(monkeypatch, tmp_path):
-    from edge_training import config
-
-    monkeypatch.setattr(config, "MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(config, "MLFLOW_ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     good, _ = _build_artifacts(tmp_path / "good", seed=1, roc_auc=0.91)
     with pytest.raises(DataValidationError, match="success=false"):
         _run_operator(_training(good, "job-1", None), validation={**VALIDATION, "success": False})
