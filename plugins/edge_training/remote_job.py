@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_training.exceptions import EdgeTrainingError
+
 DEFAULT_BASE_DIR = "~/edge-training"
 LOG_TAIL_LINES = 40
 # A log tail travels in trigger events and exception messages: keep it small.
@@ -414,6 +416,33 @@ else
   echo "job is not failed: left in place"
 fi
 """
+
+
+def blob_connection_string(login: str | None, password: str | None, host: str | None, extra: Mapping) -> str:
+    """Connection string the edge VM uses to read the blob container, from a wasb connection's fields.
+
+    Supports the ``connection_string`` extra (what the local stack and Stack Hub setups use), an account
+    name + key (login/password, with ``host`` as the blob endpoint, e.g. Stack Hub's
+    ``https://<account>.blob.local.azurestack.external``), or a ``sas_token`` extra with ``host``.
+    """
+    if extra.get("connection_string"):
+        return str(extra["connection_string"])
+    endpoint = (host or "").rstrip("/")
+    if login and password:
+        endpoint = endpoint or f"https://{login}.blob.core.windows.net"
+        protocol = "http" if endpoint.startswith("http://") else "https"
+        return (
+            f"DefaultEndpointsProtocol={protocol};AccountName={login};AccountKey={password};"
+            f"BlobEndpoint={endpoint};"
+        )
+    sas = extra.get("sas_token")
+    if sas and endpoint:
+        return f"BlobEndpoint={endpoint};SharedAccessSignature={str(sas).lstrip('?')}"
+    raise EdgeTrainingError(
+        "Checked the blob connection for credentials the edge VM can use; found neither a 'connection_string' "
+        "extra, nor login (account name) + password (account key), nor a 'sas_token' extra with host. "
+        "Add one of them to the connection (the VM reads the data itself, so it needs its own credentials)."
+    )
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,12 @@ def test_trains_on_the_vm_and_brings_back_only_model_and_metrics(edge_env, vm, c
     job = context["ti"].pushed["job_id"]
     assert result["job_id"] == job
     assert result["window"] == "2026-11-01..2026-11-05"
-    assert result["code_version"] == remote_job.code_hash(remote_job.collect_code(TRAINING_CODE))
+    # The code version is the content hash of exactly the code that ran on the VM.
+    hook.get_dir(f"{base}/code/{result['code_version']}", tmp_path / "shipped")
+    (tmp_path / "shipped" / ".complete").unlink()
+    shipped = remote_job.collect_code(tmp_path / "shipped")
+    assert result["code_version"] == remote_job.code_hash(shipped)
+    assert set(shipped) == set(remote_job.collect_code(TRAINING_CODE))
     assert result["vm_host_fingerprint"] == hook.host_key_fingerprint()
     assert result["metrics"]["metrics"]["roc_auc"] > 0.6
     assert result["training_seconds"] > 0

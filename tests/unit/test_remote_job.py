@@ -369,3 +369,28 @@ def test_status_event_on_timeout_is_an_error_naming_the_last_state():
     event = rj.status_event("j1", rj.JobStatus(state="running", pid=5), timed_out=True)
     assert event["status"] == "error" and event["timed_out"] is True
     assert "timeout" in event["message"] and "running" in event["message"]
+
+
+# -- blob credentials for the job ----------------------------------------------------------------------------
+
+
+def test_blob_connection_string_prefers_the_explicit_extra():
+    cs = "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=k;BlobEndpoint=http://127.0.0.1:1/a;"
+    assert rj.blob_connection_string("x", "y", "https://h", {"connection_string": cs}) == cs
+
+
+def test_blob_connection_string_from_account_key_keeps_a_stack_hub_endpoint():
+    cs = rj.blob_connection_string("acct", "key==", "https://acct.blob.local.azurestack.external/", {})
+    assert cs == (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=key==;"
+        "BlobEndpoint=https://acct.blob.local.azurestack.external;"
+    )
+    assert "BlobEndpoint=https://acct.blob.core.windows.net;" in rj.blob_connection_string("acct", "k", None, {})
+
+
+def test_blob_connection_string_from_sas_and_refusal_without_credentials():
+    sas = rj.blob_connection_string(None, None, "https://h/", {"sas_token": "?sv=1&sig=s"})
+    assert sas == "BlobEndpoint=https://h;SharedAccessSignature=sv=1&sig=s"
+    with pytest.raises(rj.EdgeTrainingError, match="needs its own credentials") as err:
+        rj.blob_connection_string(None, "secret-key", None, {"sas_token": "sig"})
+    assert "secret-key" not in str(err.value)

@@ -30,33 +30,6 @@ if TYPE_CHECKING:
 _ARTIFACTS_COMPLETE = ".complete"
 
 
-def blob_connection_string(login: str | None, password: str | None, host: str | None, extra: Mapping) -> str:
-    """Connection string the edge VM uses to read the blob container, from a wasb connection's fields.
-
-    Supports the ``connection_string`` extra (what the local stack and Stack Hub setups use), an account
-    name + key (login/password, with ``host`` as the blob endpoint, e.g. Stack Hub's
-    ``https://<account>.blob.local.azurestack.external``), or a ``sas_token`` extra with ``host``.
-    """
-    if extra.get("connection_string"):
-        return str(extra["connection_string"])
-    endpoint = (host or "").rstrip("/")
-    if login and password:
-        endpoint = endpoint or f"https://{login}.blob.core.windows.net"
-        protocol = "http" if endpoint.startswith("http://") else "https"
-        return (
-            f"DefaultEndpointsProtocol={protocol};AccountName={login};AccountKey={password};"
-            f"BlobEndpoint={endpoint};"
-        )
-    sas = extra.get("sas_token")
-    if sas and endpoint:
-        return f"BlobEndpoint={endpoint};SharedAccessSignature={str(sas).lstrip('?')}"
-    raise EdgeTrainingError(
-        "Checked the blob connection for credentials the edge VM can use; found neither a 'connection_string' "
-        "extra, nor login (account name) + password (account key), nor a 'sas_token' extra with host. "
-        "Add one of them to the connection (the VM reads the data itself, so it needs its own credentials)."
-    )
-
-
 def _as_seconds(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
@@ -68,11 +41,14 @@ class EdgeVMTrainingOperator(BaseOperator):
     Run ``include/training/train.py`` on the edge VM for the run's training window and wait for it.
 
     The job id comes from the task instance (dag, run, task, map index), so a retry or a restarted worker
-    re-attaches to the job that is already running or finished instead of training twice. A job that
-    failed is set aside on the VM and started afresh by the next try, except for bad input (exit code 2),
-    which fails the task at once. Returns ``{"job_id", "artifacts_dir", "metrics", "code_version",
-    "vm_host_fingerprint", "window", "training_seconds"}``; ``artifacts_dir`` holds ``model.onnx`` and
-    ``metrics.json``.
+    re-attaches to the job that is already running or finished instead of training twice. A failed job fails
+    the task; the next try (an automatic retry, or a clear after a fix) sets it aside on the VM and trains
+    again. Bad input (train.py exit code 2) is not retried automatically, since the same input fails the same way.
+
+    Returns ``{"job_id", "artifacts_dir", "metrics", "code_version", "vm_host_fingerprint", "window",
+    "training_seconds", "champion_version"}``: ``artifacts_dir`` holds ``model.onnx`` and ``metrics.json``,
+    ``metrics`` is the metrics.json document, ``champion_version`` the champion scored on the same holdout
+    (None when there was none).
 
     :param ssh_conn_id: SSH connection of the edge VM (with its pinned ``host_key``).
     :param wasb_conn_id: Blob connection; its credentials are written to the job dir on the VM (mode 600)
@@ -337,7 +313,7 @@ class EdgeVMTrainingOperator(BaseOperator):
 
     def _blob_connection_string(self) -> str:
         conn = BaseHook.get_connection(self.wasb_conn_id)
-        return blob_connection_string(conn.login, conn.password, conn.host, conn.extra_dejson)
+        return remote_job.blob_connection_string(conn.login, conn.password, conn.host, conn.extra_dejson)
 
     # -- completion ----------------------------------------------------------------------------------------
 
@@ -371,10 +347,14 @@ class EdgeVMTrainingOperator(BaseOperator):
             "vm_host_fingerprint": self.hook.host_key_fingerprint(),
             "window": meta.get("window"),
             "training_seconds": status.training_seconds,
+            # Which champion train.py scored on the same holdout; the registry step compares only against it.
+            "champion_version": meta.get("champion_version"),
         }
+        primary = metrics.get("primary_metric")
         self.log.info(
-            "Edge VM job %s done in %ss: code version %s, training window %s, metrics %s",
-            job, result["training_seconds"], result["code_version"], result["window"], sorted(metrics),
+            "Edge VM job %s done in %ss: code version %s, training window %s, %s=%s",
+            job, result["training_seconds"], result["code_version"], result["window"],
+            primary, (metrics.get("metrics") or {}).get(primary),
         )  # fmt: skip
         return result
 
