@@ -32,9 +32,6 @@ class EdgeVMHealthError(EdgeTrainingError):
     """The edge VM is reachable but not fit to train (disk, memory, Python, blob endpoint...)."""
 
 
-NOT_RETRIED = (DataValidationError, EdgeVMHostKeyMismatchError, EdgeVMAuthError)
-
-
 class PromotionMetricError(EdgeTrainingError):
     """The champion gate cannot compare models: the promotion metric is missing or not a number."""
 
