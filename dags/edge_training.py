@@ -68,7 +68,7 @@ from edge_training.retry import EDGE_RETRY_POLICY
         "training_params": Param(
             {},
             type="object",
-            description='Hyperparameters for the training script, e.g. {"max_iter": 200}.',
+            description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, "max_depth": 6}.',
         ),
     },
 )
