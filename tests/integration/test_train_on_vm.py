@@ -202,3 +202,54 @@ def test_bad_input_fails_at_once_with_the_log_tail_and_leaves_no_credentials(edg
     assert "Last lines of train.log:" in message and "2025-01" in message
     left = job_files(hook, base, job)
     assert "train.log" in left and "blob.cs" not in left and "scratch" not in left
+
+
+def test_the_champion_is_scored_on_the_same_holdout(edge_env, vm, container, tmp_path, monkeypatch):
+    from edge_training import config
+    from edge_training.registry import get_model_registry
+
+    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    model_name = f"test-model-{uuid.uuid4().hex[:8]}"
+    first = make_operator(container, deferrable=False, model_name=model_name).execute(
+        make_context(f"manual__{uuid.uuid4().hex}")
+    )
+    assert first["champion_version"] is None and first["metrics"]["champion_metrics"] is None
+    registry = get_model_registry()
+    champion = registry.register(model_name, Path(first["artifacts_dir"]), first["job_id"], {})
+    registry.promote(model_name, champion.version)
+
+    second = make_operator(container, deferrable=False, model_name=model_name).execute(
+        make_context(f"manual__{uuid.uuid4().hex}")
+    )
+
+    assert second["champion_version"] == champion.version
+    # Same data, same code, same params: the champion scores exactly what it scored when it was trained.
+    assert second["metrics"]["champion_metrics"]["roc_auc"] == first["metrics"]["metrics"]["roc_auc"]
+    hook, base = vm
+    assert "champion.onnx" not in job_files(hook, base, second["job_id"])
+
+
+def test_on_kill_stops_the_job_and_the_next_try_trains_again(edge_env, vm, container, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from edge_training import config
+
+    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    hook, base = vm
+    run_id = f"manual__{uuid.uuid4().hex}"
+    operator = make_operator(container)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(make_context(run_id))
+    job = deferred.value.trigger.job_id
+
+    operator.on_kill()
+
+    status = remote_job.parse_status(hook.run(remote_job.status_command(base, job)).stdout)
+    assert (status.state, status.exit_code, status.reason) == ("failed", remote_job.EXIT_KILLED, "killed")
+
+    # The next try sets the killed job aside and trains under the same job id.
+    result = make_operator(container, deferrable=False).execute(make_context(run_id))
+    assert result["job_id"] == job and result["metrics"]["metrics"]["roc_auc"] > 0.6
+    archived = hook.run(f"ls -d {base}/jobs/{job}.failed-*").stdout.split()
+    assert len(archived) == 1
+    assert "blob.cs" not in hook.run(f"ls -A {archived[0]}").stdout.split()
