@@ -10,8 +10,8 @@ state=.edge-stack
 source "$state/airflow.env"
 
 days=14
-window_end=$(date -u +%F)                       # the run's data interval ends today 02:00 UTC
-logical_date="$(date -u -d "$window_end - 1 day" +%F)T02:00:00+00:00"
+window_end=$(date -u +%F)                # the run's data interval ends today 02:00 UTC
+run_after="${window_end}T02:00:00+00:00"
 seed_start=$(date -u -d "$window_end - $days days" +%F)
 
 echo "== Airflow metadata DB ($AIRFLOW_HOME)"
@@ -30,10 +30,10 @@ if [ "${1:-}" = "--bad-data" ]; then
     --corrupt out-of-range --corrupt-date "$bad_day"
 fi
 
-echo "== airflow dags test edge_training $logical_date"
+echo "== airflow dags test edge_training $run_after"
 log="$state/demo-run.log"
 set +e
-airflow dags test edge_training "$logical_date" > "$log" 2>&1
+airflow dags test edge_training "$run_after" > "$log" 2>&1
 rc=$?
 set -e
 python scripts/run_summary.py --log "$log" --exit-code "$rc"

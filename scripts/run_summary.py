@@ -75,13 +75,16 @@ def main() -> int:
         print(f"edge VM: {health.get('hostname')} host key {health.get('host_key_fingerprint')}")
     training = xcoms.get("train_on_edge_vm")
     if training:
-        metrics = training.get("metrics", {})
-        print(f"training: job {training['job_id']}, code version {training['code_version']}, "
-              f"roc_auc {metrics.get('roc_auc')}")
+        metrics = (training.get("metrics") or {}).get("metrics", {})
+        print(
+            f"training on the edge VM: job {training['job_id']}, code version {training['code_version']}, "
+            f"holdout roc_auc {metrics.get('roc_auc')}"
+        )
     registered = xcoms.get("register_model")
     if registered:
         promoted = "promoted to champion" if registered["promoted"] else "not promoted"
-        print(f"\nmodel: {registered['model_name']} version {registered['version']} ({promoted}: {registered['decision']})")
+        print(f"\nmodel: {registered['model_name']} version {registered['version']}, {promoted}")
+        print(f"   {registered['decision']['reason']}")
         for key, value in sorted(registered["tags"].items()):
             print(f"   {key} = {value}")
 
