@@ -146,7 +146,18 @@ class EdgeVMTrainingOperator(BaseOperator):
 
     # -- execute -------------------------------------------------------------------------------------------
 
+    def _close_hook(self) -> None:
+        # The SSH session is not needed while the job trains (deferred, or between polls in the trigger).
+        if "hook" in self.__dict__:
+            self.hook.close()
+
     def execute(self, context: Context) -> Any:
+        try:
+            return self._execute(context)
+        finally:
+            self._close_hook()
+
+    def _execute(self, context: Context) -> Any:
         ti = context["ti"]
         job = remote_job.job_id(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
         self._job_id = job
@@ -166,7 +177,7 @@ class EdgeVMTrainingOperator(BaseOperator):
 
         ti.xcom_push(key="job_id", value=job)
         if status.terminal:
-            return self.execute_complete(context, remote_job.status_event(job, status))
+            return self._complete(remote_job.status_event(job, status))
 
         trigger = EdgeVMJobTrigger(
             ssh_conn_id=self.ssh_conn_id,
@@ -178,8 +189,9 @@ class EdgeVMTrainingOperator(BaseOperator):
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete")
         # Same poll loop as the triggerer, run here: one code path for both modes.
+        self._close_hook()
         event = asyncio.run(self._first_event(trigger))
-        return self.execute_complete(context, event)
+        return self._complete(event)
 
     @staticmethod
     async def _first_event(trigger: EdgeVMJobTrigger) -> dict:
@@ -318,6 +330,12 @@ class EdgeVMTrainingOperator(BaseOperator):
     # -- completion ----------------------------------------------------------------------------------------
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._complete(event)
+        finally:
+            self._close_hook()
+
+    def _complete(self, event: dict[str, Any]) -> dict[str, Any]:
         job = event["job_id"]
         self._job_id = job
         base = self._resolve_base()
@@ -404,5 +422,6 @@ class EdgeVMTrainingOperator(BaseOperator):
         try:
             out = self._run(remote_job.kill_command(self._resolve_base(), self._job_id), "stop job", timeout=60)
             self.log.info("%s", out.strip())
+            self._close_hook()
         except Exception:
             self.log.exception("Could not stop edge VM job %s; stop it on the VM (kill its process group)", self._job_id)
