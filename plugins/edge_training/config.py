@@ -69,3 +69,13 @@ TRAINING_POLL_INTERVAL_S = float(os.getenv("EDGE_TRAINING_POLL_INTERVAL_S", "30"
 
 # Data validation: rows of a blob read and checked at a time (bounds the validate task's memory, ~40 MB per 250k).
 VALIDATION_CHUNK_ROWS = int(os.getenv("EDGE_VALIDATION_CHUNK_ROWS", "250000"))
+
+# Scheduling: catch up missed intervals (off: a paused or new deployment does not train on every past day),
+# concurrent runs, and what starts a run: "schedule" (the cron above) or "asset" (a new daily partition
+# announced by the edge_partition_watch DAG).
+CATCHUP = os.getenv("EDGE_TRAINING_CATCHUP", "false").lower() in ("1", "true", "yes")
+MAX_ACTIVE_RUNS = int(os.getenv("EDGE_TRAINING_MAX_ACTIVE_RUNS", "3"))
+TRAINING_TRIGGER = os.getenv("EDGE_TRAINING_TRIGGER", "schedule").strip().lower()
+# How often the partition watch looks for the newest daily partition, and how long it waits for one.
+PARTITION_WATCH_POKE_S = float(os.getenv("EDGE_PARTITION_WATCH_POKE_S", "300"))
+PARTITION_WATCH_TIMEOUT_S = float(os.getenv("EDGE_PARTITION_WATCH_TIMEOUT_S", str(20 * 3600)))
