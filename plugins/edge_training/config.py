@@ -79,3 +79,7 @@ TRAINING_TRIGGER = os.getenv("EDGE_TRAINING_TRIGGER", "schedule").strip().lower(
 # How often the partition watch looks for the newest daily partition, and how long it waits for one.
 PARTITION_WATCH_POKE_S = float(os.getenv("EDGE_PARTITION_WATCH_POKE_S", "300"))
 PARTITION_WATCH_TIMEOUT_S = float(os.getenv("EDGE_PARTITION_WATCH_TIMEOUT_S", str(20 * 3600)))
+
+# How long the edge VM may go unanswered while a training job runs before the wait fails (the job keeps running on
+# the VM; the task's retry re-attaches to it). Covers an sshd restart or a VM reboot without failing the task.
+VM_UNREACHABLE_GRACE_S = float(os.getenv("EDGE_VM_UNREACHABLE_GRACE_S", "600"))

@@ -46,7 +46,7 @@ def events(trigger: EdgeVMJobTrigger) -> list[dict]:
 
 
 def test_serialize_round_trips_through_the_dotted_path():
-    trigger = make_trigger(timeout_at=1_900_000_000.5, poll_interval=15)
+    trigger = make_trigger(timeout_at=1_900_000_000.5, poll_interval=15, unreachable_grace=600)
     path, kwargs = trigger.serialize()
     module, _, name = path.rpartition(".")
     clone = getattr(importlib.import_module(module), name)(**kwargs)
@@ -58,6 +58,7 @@ def test_serialize_round_trips_through_the_dotted_path():
         "base_dir": "/home/u/edge-training",
         "poll_interval": 15.0,
         "timeout_at": 1_900_000_000.5,
+        "unreachable_grace": 600.0,
     }
 
 
@@ -127,3 +128,33 @@ def test_timeout_while_the_vm_is_unreachable(monkeypatch):
     (event,) = events(make_trigger(timeout_at=time.time() + 0.2))
     assert event["status"] == "error" and event["timed_out"] is True
     assert "did not answer" in event["message"]
+
+
+def test_a_vm_silent_past_the_grace_period_ends_the_wait_with_an_unreachable_error(monkeypatch):
+    calls = scripted(monkeypatch, RUNNING, EdgeVMUnreachableError("Could not reach edge VM 10.0.0.5:22"))
+    started = time.monotonic()
+    (event,) = events(make_trigger(unreachable_grace=0.2, timeout_at=time.time() + 3600))
+    assert time.monotonic() - started < 5  # long before the job's own timeout
+    assert event["status"] == "error" and event["unreachable"] is True and "timed_out" not in event
+    assert "has not answered for" in event["message"] and "Could not reach edge VM 10.0.0.5:22" in event["message"]
+    assert len(calls) > 2  # it kept trying during the grace period
+
+
+def test_an_answer_within_the_grace_period_resets_it(monkeypatch):
+    down = EdgeVMUnreachableError("Could not reach edge VM")
+    # Two outages of ~20 s each (a status check every 10 s on a fake clock), separated by an answer: each is shorter
+    # than the 25 s grace period, together they are longer, so only a reset lets the wait go on to the job's end.
+    steps = iter([down, down, down, RUNNING, down, down, down, SUCCEEDED])
+    clock = {"now": 1_000.0}
+
+    def fake(ssh_conn_id, base_dir, job_id):
+        clock["now"] += 10
+        step = next(steps)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    monkeypatch.setattr(edge_vm_job, "fetch_status", fake)
+    monkeypatch.setattr(edge_vm_job, "time", type("FakeTime", (), {"time": staticmethod(lambda: clock["now"])}))
+    (event,) = events(make_trigger(unreachable_grace=25))
+    assert event["status"] == "success"

@@ -17,7 +17,7 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from edge_training import config, remote_job
-from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError
+from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError, EdgeVMUnreachableError
 from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 from edge_training.window import training_window
 
@@ -65,6 +65,8 @@ class EdgeVMTrainingOperator(BaseOperator):
         When it passes the job is stopped on the VM and the task fails.
     :param code_dir: Local folder shipped to the VM as the training code.
     :param env_timeout: Seconds allowed for building the VM's virtualenv (pip install) the first time.
+    :param unreachable_grace: Seconds the edge VM may go unanswered while the job runs before the task fails
+        (``EDGE_VM_UNREACHABLE_GRACE_S``); the job keeps running and the task's retry re-attaches to it.
     """
 
     template_fields: Sequence[str] = ("window_days", "training_params", "container", "model_name")
@@ -86,6 +88,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         timeout: float | timedelta = config.TRAINING_TIMEOUT_S,
         code_dir: str | Path = config.TRAINING_CODE_DIR,
         env_timeout: float = config.VM_ENV_TIMEOUT_S,
+        unreachable_grace: float = config.VM_UNREACHABLE_GRACE_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -102,6 +105,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.timeout = timeout
         self.code_dir = Path(code_dir)
         self.env_timeout = env_timeout
+        self.unreachable_grace = unreachable_grace
         self._job_id: str | None = None
         self._abs_base: str | None = None
 
@@ -185,6 +189,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             base_dir=base,
             poll_interval=self.poll_interval,
             timeout_at=self._timeout_at(status),
+            unreachable_grace=self.unreachable_grace,
         )
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete")
@@ -338,6 +343,14 @@ class EdgeVMTrainingOperator(BaseOperator):
     def _complete(self, event: dict[str, Any]) -> dict[str, Any]:
         job = event["job_id"]
         self._job_id = job
+        if event.get("unreachable"):
+            # The job is most likely still training: its dir (credentials, scratch) must stay for the re-attach.
+            raise EdgeVMUnreachableError(
+                f"Edge VM training job {job} on {self.hook.address} {event.get('message')}. The job keeps running "
+                "on the VM: once the VM answers again, the task's retry re-attaches to it (no second training). "
+                "Bring the VM or its sshd back (or fix the network to it); raise EDGE_VM_UNREACHABLE_GRACE_S to "
+                "ride out longer outages without a failed try."
+            )
         base = self._resolve_base()
         if event.get("status") != "success":
             if event.get("timed_out"):

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from edge_training import remote_job
+from edge_training import config, remote_job
 from edge_training.exceptions import EdgeVMUnreachableError
 
 # Worth another poll: the network or sshd hiccuped; the job itself keeps running on the VM.
@@ -40,6 +40,9 @@ class EdgeVMJobTrigger(BaseTrigger):
     :param base_dir: Absolute base dir of the jobs on the edge VM.
     :param poll_interval: Seconds between two status checks.
     :param timeout_at: Epoch seconds after which the trigger gives up with an error event.
+    :param unreachable_grace: Seconds the edge VM may go unanswered (sshd down, network cut, VM rebooting) before
+        the wait ends with an ``unreachable`` error event; the job keeps running on the VM and the task's retry
+        re-attaches to it. None waits until ``timeout_at``.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class EdgeVMJobTrigger(BaseTrigger):
         base_dir: str,
         poll_interval: float = 30.0,
         timeout_at: float | None = None,
+        unreachable_grace: float | None = config.VM_UNREACHABLE_GRACE_S,
     ) -> None:
         super().__init__()
         self.ssh_conn_id = ssh_conn_id
@@ -56,6 +60,7 @@ class EdgeVMJobTrigger(BaseTrigger):
         self.base_dir = base_dir
         self.poll_interval = float(poll_interval)
         self.timeout_at = None if timeout_at is None else float(timeout_at)
+        self.unreachable_grace = None if unreachable_grace is None else float(unreachable_grace)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -66,6 +71,7 @@ class EdgeVMJobTrigger(BaseTrigger):
                 "base_dir": self.base_dir,
                 "poll_interval": self.poll_interval,
                 "timeout_at": self.timeout_at,
+                "unreachable_grace": self.unreachable_grace,
             },
         )
 
@@ -76,18 +82,33 @@ class EdgeVMJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last: remote_job.JobStatus | None = None
+        silent_since: float | None = None
         while True:
             try:
                 status = await asyncio.to_thread(fetch_status, self.ssh_conn_id, self.base_dir, self.job_id)
             except _TRANSIENT_ERRORS as err:
-                # The job runs on regardless of our connection: keep polling until our own deadline.
-                self.log.warning("Edge VM job %s: status check failed (%s); retrying", self.job_id, err)
+                # The job runs on regardless of our connection: ride out a short outage, but do not leave the task
+                # waiting silently for hours on a VM that is gone; its retry re-attaches to the job.
+                silent_since = silent_since or time.time()
+                silent = time.time() - silent_since
+                if self.unreachable_grace is not None and silent >= self.unreachable_grace:
+                    yield self._error(
+                        f"could not be checked: the edge VM has not answered for {silent:.0f} s (grace period "
+                        f"{self.unreachable_grace:.0f} s, EDGE_VM_UNREACHABLE_GRACE_S). Last error: {err}",
+                        unreachable=True,
+                    )
+                    return
+                self.log.warning(
+                    "Edge VM job %s: status check failed (%s); retrying (no answer for %.0f s, grace %s s)",
+                    self.job_id, err, silent, self.unreachable_grace,
+                )  # fmt: skip
             except Exception as err:
                 self.log.exception("Edge VM job %s: status check failed", self.job_id)
                 yield self._error(f"status check failed and is not retried: {type(err).__name__}: {err}")
                 return
             else:
                 last = status
+                silent_since = None
                 if status.state == "missing":
                     yield self._error(
                         "is missing on the edge VM (its job dir was removed or the base dir changed); "
