@@ -11,14 +11,35 @@ Only the model, its metrics and validation summaries leave the edge; training da
 | 3 | `train_on_edge_vm` | Ships `include/training/` to the VM and starts the training job there under a job id derived from the DAG run, so a retry re-attaches instead of training twice. Waits deferrably (no worker slot held). Runs in the `edge_vm` pool. |
 | 4 | `register_model` | Registers one model version per run with lineage tags; moves the `champion` alias only if the new model beats the champion on the same holdout (or `force_promote`). |
 
-**Training window**: each run trains on the `window_days` whole days that end at its data interval end
-(scheduled runs and backfills use their own interval; manual runs use the trigger time).
+**Schedule**: cron `EDGE_TRAINING_SCHEDULE` (default `0 2 * * *`, UTC) with real data intervals. Catchup is off
+(`EDGE_TRAINING_CATCHUP=true` turns it on); history is trained with a backfill:
+`airflow backfill create --dag-id edge_training --from-date 2026-11-01 --to-date 2026-11-07`
+(add `--reprocess-behavior failed` to redo only failed windows; completed windows are never trained twice).
+With `EDGE_TRAINING_TRIGGER=asset` the DAG instead runs when the `edge_partition_watch` DAG announces a new
+daily partition (asset `edge_new_partition`).
 
-**Manual runs** (Trigger DAG w/ config): `window_days`, `force_promote`, `training_params`.
+**Training window**: each run trains on the `window_days` whole days that end at its data interval end
+(scheduled runs and backfills use their own interval; manual runs without a logical date use their
+`run_after` time). `window_end` overrides the end for a manual re-train of a past window.
+
+**Manual runs** (Trigger DAG w/ config), checked against their JSON schema before any task runs
+(an invalid value is refused with the field's name):
+
+| param | type | meaning |
+|---|---|---|
+| `window_days` | integer 2..366 | days of data to train on (default `EDGE_TRAINING_WINDOW_DAYS`, 7) |
+| `window_end` | date `YYYY-MM-DD` or empty | end (exclusive) of the training window instead of the data interval end |
+| `force_promote` | boolean | make the new model the champion even if it does not beat the current one |
+| `training_params` | object | RandomForest hyperparameters for the training script |
+
+**Concurrency and failures**: at most `EDGE_TRAINING_MAX_ACTIVE_RUNS` (3) runs at once; trainings queue in the
+`edge_vm` pool (1 slot, deferred tasks count) so the VM trains one model at a time. Every task has a timeout and
+retries transient faults only. A failed task logs one line (dag, run, task, try, error) and, when
+`EDGE_ALERT_CONN_ID` names an `http` connection, posts it to that webhook.
 
 Connections: `edge_blob` (wasb), `edge_vm` (ssh, with `host_key` pinned), `image_registry`.
-Settings (env): `EDGE_TRAINING_SCHEDULE` (cron, default `0 2 * * *`), `EDGE_TRAINING_WINDOW_DAYS` (default 7),
-`EDGE_MODEL_NAME`, `EDGE_VM_POOL`.
+Settings (env): `EDGE_TRAINING_SCHEDULE`, `EDGE_TRAINING_WINDOW_DAYS`, `EDGE_TRAINING_CATCHUP`,
+`EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`, `EDGE_VM_POOL`.
 """
 
 from __future__ import annotations
@@ -26,22 +47,23 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag
-from airflow.timetables.interval import CronDataIntervalTimetable
 
 from edge_training import config
+from edge_training.notify import on_task_failure
 from edge_training.operators.health import EdgeVMHealthCheckOperator
 from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
 from edge_training.retry import EDGE_RETRY_POLICY
+from edge_training.schedule import training_schedule
 
 
 @dag(
     dag_id="edge_training",
-    schedule=CronDataIntervalTimetable(config.SCHEDULE, timezone="UTC"),
+    schedule=training_schedule(),
     start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=3,
+    catchup=config.CATCHUP,
+    max_active_runs=config.MAX_ACTIVE_RUNS,
     render_template_as_native_obj=True,
     doc_md=__doc__,
     tags=["edge", "training", "azure-stack-hub"],
@@ -51,6 +73,7 @@ from edge_training.retry import EDGE_RETRY_POLICY
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         "retry_policy": EDGE_RETRY_POLICY,
+        "on_failure_callback": on_task_failure,
     },
     params={
         "window_days": Param(
@@ -59,6 +82,13 @@ from edge_training.retry import EDGE_RETRY_POLICY
             minimum=2,
             maximum=366,
             description="Whole days of data to train on, ending at the run's data interval end.",
+        ),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="End (exclusive) of the training window, YYYY-MM-DD, to re-train a past window; "
+            "empty uses the run's data interval end.",
         ),
         "force_promote": Param(
             False,
@@ -76,6 +106,7 @@ def edge_training():
     validate_data = ValidateTrainingDataOperator(
         task_id="validate_data",
         window_days="{{ params.window_days }}",
+        window_end="{{ params.window_end }}",
         execution_timeout=timedelta(hours=2),
     )
 
@@ -87,6 +118,7 @@ def edge_training():
     train_on_edge_vm = EdgeVMTrainingOperator(
         task_id="train_on_edge_vm",
         window_days="{{ params.window_days }}",
+        window_end="{{ params.window_end }}",
         training_params="{{ params.training_params }}",
         pool=config.VM_POOL,
         execution_timeout=timedelta(hours=12),

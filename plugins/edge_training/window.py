@@ -56,22 +56,29 @@ def training_window(
     data_interval_end: datetime | None,
     run_after: datetime | None,
     days: int,
+    window_end: date | str | None = None,
 ) -> TrainingWindow:
     """The ``days`` whole UTC days that end at the date of ``data_interval_end``.
 
     A run whose interval ends at 2026-11-08T00:00Z with ``days=7`` trains on 2026-11-01 .. 2026-11-07.
     Manual runs can come without a data interval; ``run_after`` then marks the end of the window.
+    ``window_end`` (a manual re-train of a past window) overrides both.
 
     :param data_interval_start: start of the run's data interval (only used to tell whether one exists).
     :param data_interval_end: end of the run's data interval; the window ends (exclusive) at its UTC date.
     :param run_after: when the run was due; used when the run has no data interval.
     :param days: number of whole days in the window, at least 1.
+    :param window_end: end date (exclusive, ``YYYY-MM-DD`` or a date) that replaces the interval end; empty or
+        None keeps the interval end.
     """
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(
             f"Training window length must be a whole number of days >= 1, got {days!r}; "
             "set EDGE_TRAINING_WINDOW_DAYS (or the operator's window_days) to 1 or more."
         )
+    override = parse_window_end(window_end)
+    if override is not None:
+        return TrainingWindow(start=override - timedelta(days=days), end=override)
     end_moment = data_interval_end if data_interval_end is not None else run_after
     if end_moment is None:
         raise ValueError(
@@ -81,3 +88,22 @@ def training_window(
     del data_interval_start  # the window is anchored on the interval end only
     end = _utc_date(end_moment)
     return TrainingWindow(start=end - timedelta(days=days), end=end)
+
+
+def parse_window_end(value: date | str | None) -> date | None:
+    """Read the ``window_end`` override: a date, ``YYYY-MM-DD`` text, or empty/None for "no override"."""
+    if isinstance(value, datetime):
+        return _utc_date(value)
+    if value is None or isinstance(value, date):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("", "none", "null"):
+        # Templates render an unset Param as "None".
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"Checked window_end: expected a date YYYY-MM-DD (end of the training window, exclusive), found "
+            f"{value!r}. Leave it empty to train on the run's own data interval."
+        ) from None

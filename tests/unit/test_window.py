@@ -62,3 +62,32 @@ def test_window_needs_an_end():
 def test_window_end_must_follow_start():
     with pytest.raises(ValueError, match="not after its start"):
         TrainingWindow(start=date(2026, 11, 8), end=date(2026, 11, 8))
+
+
+def test_window_end_overrides_the_data_interval_end():
+    # A manual re-train of a past window: the interval (and run_after) say November 20, the operator asks for Nov 8.
+    window = training_window(
+        datetime(2026, 11, 19, 2, tzinfo=UTC),
+        datetime(2026, 11, 20, 2, tzinfo=UTC),
+        datetime(2026, 11, 20, 2, tzinfo=UTC),
+        days=3,
+        window_end="2026-11-08",
+    )
+    assert window.label == "2026-11-05..2026-11-08"
+
+
+@pytest.mark.parametrize("unset", [None, "", "None", " null "])
+def test_unset_window_end_keeps_the_interval_end(unset):
+    window = training_window(None, datetime(2026, 11, 20, 2, tzinfo=UTC), None, days=2, window_end=unset)
+    assert window.label == "2026-11-18..2026-11-20"
+
+
+def test_window_end_accepts_dates_and_datetimes():
+    assert training_window(None, None, None, days=1, window_end=date(2026, 3, 2)).days == [date(2026, 3, 1)]
+    late_evening_utc_minus_5 = datetime(2026, 3, 1, 22, tzinfo=timezone(timedelta(hours=-5)))
+    assert training_window(None, None, None, days=1, window_end=late_evening_utc_minus_5).end == date(2026, 3, 2)
+
+
+def test_bad_window_end_names_the_field_and_value():
+    with pytest.raises(ValueError, match=r"window_end.*'2026-02-30'"):
+        training_window(None, datetime(2026, 11, 20, tzinfo=UTC), None, days=2, window_end="2026-02-30")

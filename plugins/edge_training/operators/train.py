@@ -55,6 +55,8 @@ class EdgeVMTrainingOperator(BaseOperator):
         so that the VM reads the data itself. They never appear on a command line or in a log.
     :param container: Blob container with the daily partitions.
     :param window_days: Length of the training window in days (templated).
+    :param window_end: End date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
+        end, for a manual re-train of a past window; empty keeps the interval end. Templated.
     :param model_name: Registered model whose champion is sent along to be scored on the same holdout.
     :param base_dir: Work dir on the edge VM (code, envs and jobs live under it).
     :param training_params: Hyperparameters passed to ``train.py --params`` (dict or JSON; templated).
@@ -69,7 +71,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         (``EDGE_VM_UNREACHABLE_GRACE_S``); the job keeps running and the task's retry re-attaches to it.
     """
 
-    template_fields: Sequence[str] = ("window_days", "training_params", "container", "model_name")
+    template_fields: Sequence[str] = ("window_days", "window_end", "training_params", "container", "model_name")
     ui_color = "#d9ecf7"
 
     def __init__(
@@ -79,6 +81,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         wasb_conn_id: str = config.BLOB_CONN_ID,
         container: str = config.BLOB_CONTAINER,
         window_days: int | str = config.TRAINING_WINDOW_DAYS,
+        window_end: str | None = None,
         model_name: str = config.MODEL_NAME,
         base_dir: str = config.VM_WORK_DIR,
         training_params: dict | str | None = None,
@@ -96,6 +99,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.wasb_conn_id = wasb_conn_id
         self.container = container
         self.window_days = window_days
+        self.window_end = window_end
         self.model_name = model_name
         self.base_dir = base_dir
         self.training_params = training_params
@@ -217,6 +221,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             context.get("data_interval_end"),
             getattr(context.get("dag_run"), "run_after", None),
             int(self.window_days),
+            self.window_end,
         )
         params = self.training_params
         if isinstance(params, str):

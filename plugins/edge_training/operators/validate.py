@@ -39,12 +39,16 @@ class ValidateTrainingDataOperator(BaseOperator):
     :param wasb_conn_id: Airflow connection of the blob storage (wasb).
     :param container: blob container holding the ``dt=YYYY-MM-DD/part-NNNN.csv`` partitions.
     :param window_days: number of whole days in the training window, ending at the run's data interval end.
+    :param window_end: end date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
+        end, for a manual re-train of a past window; empty keeps the interval end. Templated.
     :param suite_path: the expectation suite JSON.
     :param reports_dir: folder under which each run's Data Docs are written.
     :param chunk_rows: rows read and validated at a time; bounds the task's memory.
     """
 
-    template_fields: Sequence[str] = ("wasb_conn_id", "container", "window_days", "suite_path", "reports_dir")
+    template_fields: Sequence[str] = (
+        "wasb_conn_id", "container", "window_days", "window_end", "suite_path", "reports_dir",
+    )  # fmt: skip
     ui_color = "#e6f0ff"
 
     def __init__(
@@ -53,6 +57,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         wasb_conn_id: str = config.BLOB_CONN_ID,
         container: str = config.BLOB_CONTAINER,
         window_days: int = config.TRAINING_WINDOW_DAYS,
+        window_end: str | None = None,
         suite_path: str | Path = config.EXPECTATION_SUITE_PATH,
         reports_dir: str | Path = config.REPORTS_DIR,
         chunk_rows: int = config.VALIDATION_CHUNK_ROWS,
@@ -62,6 +67,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         self.wasb_conn_id = wasb_conn_id
         self.container = container
         self.window_days = window_days
+        self.window_end = window_end
         self.suite_path = str(suite_path)
         self.reports_dir = str(reports_dir)
         self.chunk_rows = chunk_rows
@@ -81,6 +87,7 @@ class ValidateTrainingDataOperator(BaseOperator):
             context.get("data_interval_end"),
             getattr(dag_run, "run_after", None),
             int(self.window_days),
+            self.window_end,
         )
 
     def execute(self, context: Context) -> dict:
