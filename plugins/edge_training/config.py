@@ -83,3 +83,22 @@ PARTITION_WATCH_TIMEOUT_S = float(os.getenv("EDGE_PARTITION_WATCH_TIMEOUT_S", st
 # How long the edge VM may go unanswered while a training job runs before the wait fails (the job keeps running on
 # the VM; the task's retry re-attaches to it). Covers an sshd restart or a VM reboot without failing the task.
 VM_UNREACHABLE_GRACE_S = float(os.getenv("EDGE_VM_UNREACHABLE_GRACE_S", "600"))
+
+# Training backend: "edge_vm" (train.py over SSH on the edge VM, the embedded default) or "azureml" (an Azure ML
+# command job on a compute attached to the workspace). The DAG's training_backend Param overrides it per run.
+TRAINING_BACKEND = os.getenv("EDGE_TRAINING_BACKEND", "edge_vm")
+# Azure ML: connection (type azure, extras subscriptionId/resource_group_name/workspace_name), compute, experiment.
+AZUREML_CONN_ID = os.getenv("EDGE_AZUREML_CONN_ID", "azureml_default")
+AZUREML_COMPUTE = os.getenv("EDGE_AZUREML_COMPUTE", "stackhub-k8s")
+AZUREML_EXPERIMENT = os.getenv("EDGE_AZUREML_EXPERIMENT", "edge-training")
+# Workspace datastores on the Stack Hub storage account: the data container (mounted as the job's input) and the
+# container the job writes model.onnx + metrics.json to (read back with the blob connection), under a prefix.
+AZUREML_DATA_DATASTORE = os.getenv("EDGE_AZUREML_DATA_DATASTORE", "stackhub_sensor_readings")
+AZUREML_OUTPUT_DATASTORE = os.getenv("EDGE_AZUREML_OUTPUT_DATASTORE", "stackhub_models")
+AZUREML_OUTPUT_CONTAINER = os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER", "models")
+AZUREML_OUTPUT_PREFIX = os.getenv("EDGE_AZUREML_OUTPUT_PREFIX", "edge-training")
+# Job environment: a registered one ("azureml:name:version"), or empty to build it from the conda spec in the
+# training code folder on top of the base image.
+AZUREML_ENVIRONMENT = os.getenv("EDGE_AZUREML_ENVIRONMENT", "")
+AZUREML_BASE_IMAGE = os.getenv("EDGE_AZUREML_BASE_IMAGE", "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest")
+AZUREML_CONDA_FILE = os.getenv("EDGE_AZUREML_CONDA_FILE", "azureml-environment.yml")

@@ -51,3 +51,15 @@ class EdgeVMCommandTimeoutError(EdgeTrainingError, TimeoutError):
 
 class EdgeVMJobError(EdgeTrainingError):
     """A step of the training job on the edge VM failed (shipping code, building its env, fetching outputs)."""
+
+
+class AzureMLError(EdgeTrainingError):
+    """An Azure ML request or job failed, or the Azure ML connection is incomplete."""
+
+
+class AzureMLAuthError(AzureMLError):
+    """Azure ML refused the connection's credentials (401) or denied the action (403). Fix the identity or role."""
+
+
+class AzureMLWorkspaceNotFoundError(AzureMLError):
+    """The Azure ML workspace named by the connection does not exist. Fix the connection's extras."""

@@ -17,6 +17,8 @@ FAIL_AT_ONCE = {
     errors.EdgeVMConfigError: "edge VM connection is misconfigured (no pinned host key)",
     errors.EdgeVMAuthError: "edge VM refused the SSH credentials",
     errors.PromotionMetricError: "the promotion metric is missing from the training metrics",
+    errors.AzureMLAuthError: "Azure ML refused the credentials or denied the action",
+    errors.AzureMLWorkspaceNotFoundError: "the Azure ML workspace named by the connection does not exist",
 }
 
 EDGE_RETRY_POLICY = ExceptionRetryPolicy(
