@@ -37,6 +37,10 @@ daily partition (asset `edge_new_partition`).
 retries transient faults only. A failed task logs one line (dag, run, task, try, error) and, when
 `EDGE_ALERT_CONN_ID` names an `http` connection, posts it to that webhook.
 
+**Where tasks run**: all on the same workers by default. With `EDGE_EXECUTOR_TOPOLOGY=edge` the four tasks
+run on an `airflow edge worker` at the site (executor `EdgeExecutor`, queue `EDGE_WORKER_QUEUE`, default `edge`),
+which dials out to Airflow over HTTPS: nothing inbound is opened at the site.
+
 Connections: `edge_blob` (wasb), `edge_vm` (ssh, with `host_key` pinned), `image_registry`.
 Settings (env): `EDGE_TRAINING_SCHEDULE`, `EDGE_TRAINING_WINDOW_DAYS`, `EDGE_TRAINING_CATCHUP`,
 `EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`, `EDGE_VM_POOL`.
@@ -56,6 +60,10 @@ from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.schedule import training_schedule
+from edge_training.topology import edge_site_task_args
+
+# Empty all-in-one; with EDGE_EXECUTOR_TOPOLOGY=edge the executor and queue of the edge worker at the site.
+AT_EDGE = edge_site_task_args()
 
 
 @dag(
@@ -108,11 +116,13 @@ def edge_training():
         window_days="{{ params.window_days }}",
         window_end="{{ params.window_end }}",
         execution_timeout=timedelta(hours=2),
+        **AT_EDGE,
     )
 
     check_edge_vm = EdgeVMHealthCheckOperator(
         task_id="check_edge_vm",
         execution_timeout=timedelta(minutes=5),
+        **AT_EDGE,
     )
 
     train_on_edge_vm = EdgeVMTrainingOperator(
@@ -122,6 +132,9 @@ def edge_training():
         training_params="{{ params.training_params }}",
         pool=config.VM_POOL,
         execution_timeout=timedelta(hours=12),
+        # At the site the edge worker polls the VM itself: the central triggerer has no route to it.
+        deferrable=not AT_EDGE,
+        **AT_EDGE,
     )
 
     register_model = RegisterModelOperator(
@@ -131,6 +144,7 @@ def edge_training():
         validation=validate_data.output,
         force_promote="{{ params.force_promote }}",
         execution_timeout=timedelta(minutes=30),
+        **AT_EDGE,
     )
 
     validate_data >> check_edge_vm >> train_on_edge_vm >> register_model

@@ -102,3 +102,11 @@ AZUREML_OUTPUT_PREFIX = os.getenv("EDGE_AZUREML_OUTPUT_PREFIX", "edge-training")
 AZUREML_ENVIRONMENT = os.getenv("EDGE_AZUREML_ENVIRONMENT", "")
 AZUREML_BASE_IMAGE = os.getenv("EDGE_AZUREML_BASE_IMAGE", "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest")
 AZUREML_CONDA_FILE = os.getenv("EDGE_AZUREML_CONDA_FILE", "azureml-environment.yml")
+
+# Where the tasks that touch data rows or the edge VM run: "local" (on the same workers as the rest, the all-in-one
+# default) or "edge" (on an `airflow edge worker` at the site serving EDGE_WORKER_QUEUE through the EdgeExecutor,
+# so the site only dials out over HTTPS and opens no inbound port). "edge" needs the EdgeExecutor in
+# AIRFLOW__CORE__EXECUTOR, e.g. "CeleryExecutor,airflow.providers.edge3.executors.EdgeExecutor".
+EXECUTOR_TOPOLOGY = os.getenv("EDGE_EXECUTOR_TOPOLOGY", "local").strip().lower()
+EDGE_WORKER_QUEUE = os.getenv("EDGE_WORKER_QUEUE", "edge")
+EDGE_WORKER_EXECUTOR = os.getenv("EDGE_WORKER_EXECUTOR", "EdgeExecutor")
