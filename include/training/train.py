@@ -8,12 +8,14 @@ Usage::
 
     python train.py --container sensor-readings --start 2026-11-01 --end 2026-11-08 --out OUT_DIR \\
         --scratch SCRATCH_DIR [--champion CHAMPION.onnx] [--holdout-days 1] \\
-        [--params '{"n_estimators": 200, "max_depth": 6}'] [--seed 0] [--connection-string-file PATH]
+        [--params '{"n_estimators": 200, "max_depth": 6}'] [--seed 0] [--connection-string-file PATH | --data-dir DIR]
 
 Blob credentials come from ``--connection-string-file`` (an owner-only file, mode 0600) or the environment variable
-``EDGE_BLOB_CONNECTION_STRING``; they are never printed. Blob layout: ``dt=YYYY-MM-DD/part-NNNN.csv`` (CSV with a
-header row), one folder ("partition") per day. The training window is the days ``start`` up to ``end`` (exclusive);
-its newest ``--holdout-days`` day(s) are the holdout, the earlier days train the model.
+``EDGE_BLOB_CONNECTION_STRING``; they are never printed. With ``--data-dir`` (where an Azure ML job mounts the
+container) the partitions are read from that folder and no credentials are needed. Blob layout:
+``dt=YYYY-MM-DD/part-NNNN.csv`` (CSV with a header row), one folder ("partition") per day. The training window is
+the days ``start`` up to ``end`` (exclusive); its newest ``--holdout-days`` day(s) are the holdout, the earlier
+days train the model.
 
 The model is a scikit-learn ``RandomForestClassifier`` (skl2onnx converts it exactly) on the numeric sensor
 features; ``--params`` takes its hyperparameters (``random_state`` comes from ``--seed``).
@@ -119,6 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--connection-string-file", type=Path,
         help=f"owner-only file holding the blob connection string (default: env {CONNECTION_STRING_ENV})",
     )
+    parser.add_argument(
+        "--data-dir", type=Path,
+        help="read the dt=YYYY-MM-DD/ partitions from this folder (e.g. an Azure ML job's mounted uri_folder input) "
+             "instead of blob storage; --container is then only recorded",
+    )
     # Tests read the same layout from a local folder (SOURCE_DIR/<container>/dt=.../part-NNNN.csv).
     parser.add_argument("--source-dir", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -219,7 +226,8 @@ class LocalSource:
         self.root = root / container
         self.where = f"local folder {self.root}"
         if not self.root.is_dir():
-            raise UsageError(f"Container folder {self.root} does not exist. Check --source-dir and --container.")
+            raise UsageError(f"Data folder {self.root} does not exist. Check --data-dir (or --source-dir and "
+                             f"--container).")
 
     def list_parts(self, day: dt.date) -> list[str]:
         folder = self.root / partition_name(day)
@@ -507,7 +515,9 @@ def train(args: argparse.Namespace) -> dict:
     if args.champion is not None and not args.champion.is_file():
         raise UsageError(f"--champion {args.champion} does not exist. Pass the champion's model.onnx, or run "
                          f"without --champion when there is no champion yet.")
-    if args.source_dir is not None:
+    if args.data_dir is not None:
+        source = LocalSource(args.data_dir, "")
+    elif args.source_dir is not None:
         source = LocalSource(args.source_dir, args.container)
     else:
         source = BlobSource(read_connection_string(args.connection_string_file), args.container)

@@ -374,7 +374,7 @@ def get_model_registry(backend: str | None = None) -> ModelRegistry:
     """Return the model registry for ``backend`` (default: ``EDGE_MODEL_REGISTRY``, "mlflow").
 
     :param backend: "mlflow" (SQLite-backed MLflow at ``MLFLOW_TRACKING_URI``, artifacts under
-        ``EDGE_MLFLOW_ARTIFACTS_DIR``).
+        ``EDGE_MLFLOW_ARTIFACTS_DIR``) or "azureml" (the workspace of ``EDGE_AZUREML_CONN_ID``).
     :raises ValueError: unknown backend.
     """
     # Read at call time, like MLflow itself does: a process whose environment changed after `config` was
@@ -386,7 +386,16 @@ def get_model_registry(backend: str | None = None) -> ModelRegistry:
             os.getenv("EDGE_MLFLOW_ARTIFACTS_DIR") or config.MLFLOW_ARTIFACTS_DIR,
             os.getenv("EDGE_MLFLOW_EXPERIMENT") or config.MLFLOW_EXPERIMENT,
         )
+    if name == "azureml":
+        from edge_training.registry_azureml import AzureMLModelRegistry
+
+        return AzureMLModelRegistry(
+            os.getenv("EDGE_AZUREML_CONN_ID") or config.AZUREML_CONN_ID,
+            os.getenv("EDGE_BLOB_CONN_ID") or config.BLOB_CONN_ID,
+            os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER") or config.AZUREML_OUTPUT_CONTAINER,
+            os.getenv("EDGE_AZUREML_OUTPUT_PREFIX") or config.AZUREML_OUTPUT_PREFIX,
+        )
     raise ValueError(
         f"Model registry: unknown backend {name!r} (from the operator's registry_backend or EDGE_MODEL_REGISTRY). "
-        "Use 'mlflow'."
+        "Use 'mlflow' or 'azureml'."
     )
