@@ -110,3 +110,19 @@ AZUREML_CONDA_FILE = os.getenv("EDGE_AZUREML_CONDA_FILE", "azureml-environment.y
 EXECUTOR_TOPOLOGY = os.getenv("EDGE_EXECUTOR_TOPOLOGY", "local").strip().lower()
 EDGE_WORKER_QUEUE = os.getenv("EDGE_WORKER_QUEUE", "edge")
 EDGE_WORKER_EXECUTOR = os.getenv("EDGE_WORKER_EXECUTOR", "EdgeExecutor")
+
+# Scoring image (build_image): base image, buildah's own storage (vfs driver, no daemon, nothing under
+# /var/lib/containers), the offline wheel cache and the image's Python (which wheels pip downloads for it), and the
+# smoke test's limits. The default base is the Debian bookworm + python3 image scripts/build_base_image.sh imports.
+IMAGE_BASE = os.getenv("EDGE_IMAGE_BASE", "localhost/edge-python-base:bookworm")
+IMAGE_SERVING_DIR = Path(os.getenv("EDGE_IMAGE_SERVING_DIR", str(INCLUDE_DIR / "serving")))
+BUILDAH_ROOT = Path(os.getenv("EDGE_BUILDAH_ROOT", str(PROJECT_ROOT / ".edge-stack" / "buildah" / "root")))
+BUILDAH_RUNROOT = Path(os.getenv("EDGE_BUILDAH_RUNROOT", str(PROJECT_ROOT / ".edge-stack" / "buildah" / "run")))
+IMAGE_WHEELS_DIR = Path(os.getenv("EDGE_IMAGE_WHEELS_DIR", str(PROJECT_ROOT / ".edge-stack" / "cache" / "wheels")))
+IMAGE_PYTHON_VERSION = os.getenv("EDGE_IMAGE_PYTHON_VERSION", "3.11")
+IMAGE_GLIBC = os.getenv("EDGE_IMAGE_GLIBC", "2.36")
+IMAGE_PIP_ARGS = os.getenv("EDGE_IMAGE_PIP_ARGS", "")
+IMAGE_BUILD_TIMEOUT_S = float(os.getenv("EDGE_IMAGE_BUILD_TIMEOUT_S", "1800"))
+IMAGE_SMOKE_TIMEOUT_S = float(os.getenv("EDGE_IMAGE_SMOKE_TIMEOUT_S", "90"))
+# Same onnxruntime build inside and outside the image: predictions must agree to float32 rounding.
+IMAGE_SMOKE_TOLERANCE = float(os.getenv("EDGE_IMAGE_SMOKE_TOLERANCE", "1e-5"))

@@ -63,3 +63,19 @@ class AzureMLAuthError(AzureMLError):
 
 class AzureMLWorkspaceNotFoundError(AzureMLError):
     """The Azure ML workspace named by the connection does not exist. Fix the connection's extras."""
+
+
+class ImageBuildError(EdgeTrainingError):
+    """Building or smoke-testing the scoring image failed (buildah, the base image, the wheels, the served model)."""
+
+
+class ImageRegistryError(EdgeTrainingError):
+    """The image registry answered a request with an error (retried)."""
+
+
+class ImageRegistryAuthError(ImageRegistryError):
+    """The image registry refused the connection's credentials. Fix the image_registry connection."""
+
+
+class ImageRegistryUnavailableError(ImageRegistryError):
+    """The image registry could not be reached or answered 5xx (down, network fault; retried)."""

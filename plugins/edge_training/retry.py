@@ -19,6 +19,7 @@ FAIL_AT_ONCE = {
     errors.PromotionMetricError: "the promotion metric is missing from the training metrics",
     errors.AzureMLAuthError: "Azure ML refused the credentials or denied the action",
     errors.AzureMLWorkspaceNotFoundError: "the Azure ML workspace named by the connection does not exist",
+    errors.ImageRegistryAuthError: "the image registry refused the credentials",
 }
 
 EDGE_RETRY_POLICY = ExceptionRetryPolicy(
