@@ -9,6 +9,7 @@ Only the model, its metrics and validation summaries leave the edge; training da
 | 1 | `validate_data` | Streams the run's training window of daily partitions (`dt=YYYY-MM-DD/part-NNNN.csv`) from Stack Hub blob storage through the Great Expectations suite in `include/expectations/`. Any failed expectation fails the run here, before training, and names the partition, the expectation and the observed value. An HTML Data Docs report is kept under `EDGE_REPORTS_DIR`. |
 | 2 | `check_edge_vm` | Over SSH with the pinned host key: reachability, free disk and memory, load, Python, Docker (warning only), optional GPU, clock skew, and that the VM itself reaches the blob endpoint. |
 | 3 | `train_on_edge_vm` | Ships `include/training/` to the VM and starts the training job there under a job id derived from the DAG run, so a retry re-attaches instead of training twice. Waits deferrably (no worker slot held). Runs in the `edge_vm` pool. |
+| 3' | `train_on_azureml` | Instead of `train_on_edge_vm` when the run's `training_backend` is `azureml`: the same training code as an Azure ML command job on the workspace's compute, reading the window from the mounted Stack Hub datastore; same re-attach on retry, deferrable wait, cancel on kill. |
 | 4 | `register_model` | Registers one model version per run with lineage tags; moves the `champion` alias only if the new model beats the champion on the same holdout (or `force_promote`). |
 
 **Schedule**: cron `EDGE_TRAINING_SCHEDULE` (default `0 2 * * *`, UTC) with real data intervals. Catchup is off
@@ -50,10 +51,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, dag, task
 
 from edge_training import config
 from edge_training.notify import on_task_failure
+from edge_training.operators.azureml_train import AzureMLTrainingOperator
 from edge_training.operators.health import EdgeVMHealthCheckOperator
 from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
@@ -103,6 +105,12 @@ AT_EDGE = edge_site_task_args()
             type="boolean",
             description="Make the new model the champion even if it does not beat the current one.",
         ),
+        "training_backend": Param(
+            config.TRAINING_BACKEND,
+            enum=["edge_vm", "azureml"],
+            description="Where the model trains: on the edge VM over SSH, or as an Azure ML job on the workspace's "
+            "compute (EDGE_TRAINING_BACKEND sets the default).",
+        ),
         "training_params": Param(
             {},
             type="object",
@@ -137,17 +145,33 @@ def edge_training():
         **AT_EDGE,
     )
 
+    train_on_azureml = AzureMLTrainingOperator(
+        task_id="train_on_azureml",
+        window_days="{{ params.window_days }}",
+        window_end="{{ params.window_end }}",
+        training_params="{{ params.training_params }}",
+        execution_timeout=timedelta(hours=12),
+    )
+
+    @task.branch
+    def choose_training_backend(params=None) -> str:
+        """Run the training task of the run's ``training_backend`` Param; the other one is skipped."""
+        return f"train_on_{params['training_backend']}"
+
     register_model = RegisterModelOperator(
         task_id="register_model",
         model_name=config.MODEL_NAME,
-        training=train_on_edge_vm.output,
+        # The result of whichever training task ran (the other was skipped by the branch).
+        training="{{ ti.xcom_pull(task_ids='train_on_azureml') or ti.xcom_pull(task_ids='train_on_edge_vm') }}",
+        trigger_rule="none_failed_min_one_success",
         validation=validate_data.output,
         force_promote="{{ params.force_promote }}",
         execution_timeout=timedelta(minutes=30),
         **AT_EDGE,
     )
 
-    validate_data >> check_edge_vm >> train_on_edge_vm >> register_model
+    training = [train_on_edge_vm, train_on_azureml]
+    validate_data >> check_edge_vm >> choose_training_backend() >> training >> register_model
 
 
 edge_training()

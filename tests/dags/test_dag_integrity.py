@@ -54,9 +54,12 @@ def test_every_task_retries_at_least_twice(dag_bag):
 
 def test_pipeline_order(dag_bag):
     dag = dag_bag.dags["edge_training"]
-    order = ["validate_data", "check_edge_vm", "train_on_edge_vm", "register_model"]
-    for upstream, downstream in zip(order, order[1:]):
-        assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} must precede {downstream}"
+    for training in ("train_on_edge_vm", "train_on_azureml"):
+        order = ["validate_data", "check_edge_vm", "choose_training_backend", training, "register_model"]
+        for upstream, downstream in zip(order, order[1:]):
+            assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} must precede {downstream}"
+    # Whichever training task the branch skipped, registration still runs after the one that trained.
+    assert dag.get_task("register_model").trigger_rule == "none_failed_min_one_success"
 
 
 def test_training_waits_in_the_vm_pool(dag_bag):

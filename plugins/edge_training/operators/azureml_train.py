@@ -60,6 +60,8 @@ class AzureMLTrainingOperator(BaseOperator):
     :param output_container: Blob container of ``output_datastore`` (read back with ``wasb_conn_id``).
     :param output_prefix: Folder in ``output_container`` holding one ``<job name>/`` folder per job.
     :param window_days: Length of the training window in days (templated).
+    :param window_end: End date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
+        end; None or empty uses the run's interval (templated).
     :param model_name: Registered model whose champion is sent along to be scored on the same holdout.
     :param training_params: Hyperparameters passed to ``train.py --params`` (dict or JSON; templated).
     :param holdout_days: Last days of the window held out for evaluation.
@@ -73,7 +75,7 @@ class AzureMLTrainingOperator(BaseOperator):
     :param timeout: Seconds to wait for the job (also capped by ``execution_timeout``); then it is canceled.
     """
 
-    template_fields: Sequence[str] = ("window_days", "training_params", "container", "model_name", "compute")
+    template_fields: Sequence[str] = ("window_days", "window_end", "training_params", "container", "model_name", "compute")
     ui_color = "#d9e8f7"
 
     def __init__(
@@ -89,6 +91,7 @@ class AzureMLTrainingOperator(BaseOperator):
         output_container: str = config.AZUREML_OUTPUT_CONTAINER,
         output_prefix: str = config.AZUREML_OUTPUT_PREFIX,
         window_days: int | str = config.TRAINING_WINDOW_DAYS,
+        window_end: str | None = None,
         model_name: str = config.MODEL_NAME,
         training_params: dict | str | None = None,
         holdout_days: int = 1,
@@ -112,6 +115,7 @@ class AzureMLTrainingOperator(BaseOperator):
         self.output_container = output_container
         self.output_prefix = output_prefix
         self.window_days = window_days
+        self.window_end = window_end
         self.model_name = model_name
         self.training_params = training_params
         self.holdout_days = holdout_days
@@ -204,6 +208,7 @@ class AzureMLTrainingOperator(BaseOperator):
             context.get("data_interval_end"),
             getattr(context.get("dag_run"), "run_after", None),
             int(self.window_days),
+            self.window_end,
         )
         params = self.training_params
         if isinstance(params, str):
