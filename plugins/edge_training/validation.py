@@ -49,6 +49,21 @@ COLUMN_DTYPES = {
 # next to parsing, small enough to keep the task well under 512 MB with Great Expectations loaded.
 DEFAULT_CHUNK_ROWS = 250_000
 DATA_DOCS_SITE = "edge_training"
+PARTITION_SAMPLE_ROWS = 1000
+# Expectations about a partition's shape rather than its rows. The header and the parsed dtypes are the same for every
+# chunk of a blob (the reader forces the dtypes), and row count and key uniqueness are decided over the whole partition
+# below; so these run once per partition, on the first rows of its first chunk. Everything else runs on every chunk.
+PARTITION_LEVEL_TYPES = frozenset(
+    {
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_columns_to_match_set",
+        "expect_table_column_count_to_equal",
+        "expect_table_row_count_to_be_between",
+        "expect_column_values_to_be_of_type",
+        "expect_column_values_to_be_in_type_list",
+        "expect_compound_columns_to_be_unique",
+    }
+)
 MAX_LINES_PER_PARTITION = 20
 
 
@@ -100,23 +115,33 @@ class _ChunkStream(io.RawIOBase):
         return count
 
 
-def _blob_opener(container_client, name: str, etag: str | None) -> Callable[[], IO[bytes]]:
-    def open_blob() -> IO[bytes]:
+# Bytes fetched per request. The SDK's first request of a download is up to 32 MB (max_single_get_size); asking
+# for bounded ranges keeps at most one range in memory however the client is configured.
+DOWNLOAD_RANGE_BYTES = 4 * 1024 * 1024
+
+
+def _blob_opener(container_client, name: str, etag: str | None, size: int) -> Callable[[], IO[bytes]]:
+    def ranges() -> Iterator[bytes]:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
 
         kwargs: dict[str, Any] = {}
         if etag:
-            # Read exactly the version that was listed (and fingerprinted), not one rewritten since.
+            # Every range must come from the version that was listed (and fingerprinted), not one rewritten since.
             kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-        try:
-            downloader = container_client.download_blob(name, **kwargs)
-        except ResourceModifiedError as err:
-            raise EdgeTrainingError(
-                f"Blob {name} changed while the training window was being validated (ETag no longer {etag}); "
-                "the task retries and validates the new version."
-            ) from err
-        return _ChunkStream(iter(downloader.chunks()))
+        for offset in range(0, size, DOWNLOAD_RANGE_BYTES):
+            length = min(DOWNLOAD_RANGE_BYTES, size - offset)
+            try:
+                downloader = container_client.download_blob(name, offset=offset, length=length, **kwargs)
+            except ResourceModifiedError as err:
+                raise EdgeTrainingError(
+                    f"Blob {name} changed while the training window was being validated (ETag no longer {etag}); "
+                    "the task retries and validates the new version."
+                ) from err
+            yield from downloader.chunks()
+
+    def open_blob() -> IO[bytes]:
+        return _ChunkStream(ranges())
 
     return open_blob
 
@@ -139,7 +164,7 @@ def blob_partitions(container_client, window: TrainingWindow) -> list[PartitionS
                     name=blob.name,
                     etag=version,
                     size=int(blob.size),
-                    opener=_blob_opener(container_client, blob.name, blob.etag),
+                    opener=_blob_opener(container_client, blob.name, blob.etag, int(blob.size)),
                 )
             )
     return sources
@@ -226,7 +251,12 @@ class _Merged:
                     self.observed_value = res.get("observed_value")
         self.chunk_success = self.chunk_success and bool(result.success)
         column = self.column
-        if self.type == "expect_column_values_to_be_between" and column in chunk.columns and len(chunk):
+        # The out-of-range extreme always lies in a chunk with unexpected values: only those are scanned.
+        if (
+            self.type == "expect_column_values_to_be_between"
+            and res.get("unexpected_count")
+            and column in chunk.columns
+        ):
             values = chunk[column]
             lo, hi = values.min(), values.max()
             if lo == lo:  # not NaN: the column has at least one value
@@ -420,16 +450,43 @@ class _Validator:
             },
         )
         self.suite = self.context.suites.add(gx.ExpectationSuite(**suite_dict))
+        expectations = suite_dict["expectations"]
+        self.partition_suite = self.context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{self.suite.name}__partition",
+                expectations=[e for e in expectations if e["type"] in PARTITION_LEVEL_TYPES],
+            )
+        )
+        self.row_suite = self.context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{self.suite.name}__rows",
+                expectations=[e for e in expectations if e["type"] not in PARTITION_LEVEL_TYPES],
+            )
+        )
         self.batch_definition = (
             self.context.data_sources.add_pandas("training_window")
             .add_dataframe_asset("sensor_readings")
             .add_batch_definition_whole_dataframe("chunk")
         )
 
-    def validate_chunk(self, chunk):
-        batch = self.batch_definition.get_batch(batch_parameters={"dataframe": chunk})
+    def validate_chunk(self, chunk, first: bool) -> list:
+        """Results of the row-level expectations on ``chunk``, plus the partition-level ones if ``first``."""
+        results = []
+        if first:
+            results += self._validate(chunk.head(PARTITION_SAMPLE_ROWS), self.partition_suite)
+        if self.row_suite.expectations:
+            results += self._validate(chunk, self.row_suite)
+        return results
+
+    def _validate(self, frame, suite) -> list:
+        batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         # BASIC keeps counts; the sample lists it also returns are dropped when results are merged.
-        return batch.validate(self.suite, result_format="BASIC")
+        return list(batch.validate(suite, result_format="BASIC").results)
+
+
+def _expectation_key(config) -> str:
+    kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    return config.type + json.dumps(kwargs, sort_keys=True, default=str)
 
 
 def _read_partition(
@@ -443,9 +500,8 @@ def _read_partition(
     hashes: list = []
 
     def merge(chunk) -> None:
-        result = validator.validate_chunk(chunk)
-        for item in result.results:
-            key = item.expectation_config.id or repr(item.expectation_config.to_json_dict())
+        for item in validator.validate_chunk(chunk, first=not merged):
+            key = _expectation_key(item.expectation_config)
             if key not in merged:
                 merged[key] = _Merged(config=item.expectation_config)
             merged[key].add(item, chunk)

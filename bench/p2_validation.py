@@ -1,0 +1,168 @@
+"""P2 benchmark: streaming validation of ≥ 1 GB of sensor readings vs. just downloading and parsing them.
+
+Generates the readings into Azurite (the running local stack if ``AIRFLOW_CONN_EDGE_BLOB`` is set, else a throwaway
+stack on free ports in a temporary folder), then runs, each in a fresh subprocess so neither warms the other:
+
+  (a) raw:        list the window's blobs, stream each (``download_blob().chunks()``) into chunked ``pandas.read_csv``
+  (b) validation: ``validate_partitions`` over the same blobs (Great Expectations suite per chunk, Data Docs)
+
+and prints the wall-time ratio (b)/(a) and the peak RSS of (b), with their targets:
+
+    P2 validation_vs_raw_time_ratio: x (target <= 2.0)
+    P2 validation_peak_rss_mb: y (target <= 512)
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+
+CONTAINER = "bench-p2-readings"
+START = "2026-11-01"
+DAYS = 14
+
+# Runs in the child; argv: mode, connection string env var name, container, chunk_rows, docs_dir.
+CHILD = r"""
+import json, os, resource, sys, time
+sys.path[:0] = [sys.argv[6], sys.argv[6] + "/plugins"]
+started = time.perf_counter()
+from datetime import date
+from azure.storage.blob import ContainerClient
+from edge_training import config
+from edge_training.validation import COLUMN_DTYPES, blob_partitions, validate_partitions
+from edge_training.window import TrainingWindow
+mode, env_name, container_name, chunk_rows, docs_dir = sys.argv[1:6]
+chunk_rows = int(chunk_rows)
+container = ContainerClient.from_connection_string(os.environ[env_name], container_name)
+window = TrainingWindow(start=date(2026, 11, 1), end=date(2026, 11, 15))
+sources = blob_partitions(container, window)
+if mode == "raw":
+    import io
+    import pandas as pd
+    rows = 0
+    for source in sources:
+        with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
+            for chunk in pd.read_csv(stream, chunksize=chunk_rows, dtype=COLUMN_DTYPES, encoding="utf-8",
+                                     encoding_errors="strict"):
+                rows += len(chunk)
+else:
+    summary = validate_partitions(sources, window.days, suite_path=config.EXPECTATION_SUITE_PATH,
+                                  docs_dir=docs_dir, chunk_rows=chunk_rows, window_label=window.label)
+    rows = summary["row_count"]
+print(json.dumps({
+    "seconds": time.perf_counter() - started,
+    "rows": rows,
+    "bytes": sum(s.size for s in sources),
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}))
+"""
+
+
+def _connection_string_from_env() -> str | None:
+    raw = os.getenv("AIRFLOW_CONN_EDGE_BLOB")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)["extra"]["connection_string"]
+    except (ValueError, KeyError, TypeError):
+        sys.exit(
+            "AIRFLOW_CONN_EDGE_BLOB is set but is not the JSON form with extra.connection_string that "
+            "scripts/edge_stack.py writes; unset it to let the benchmark start its own stack."
+        )
+
+
+def _ensure_data(connection_string: str, total_mb: float) -> None:
+    """Generate the readings unless the container already holds this exact data set."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.blob import ContainerClient
+
+    container = ContainerClient.from_connection_string(connection_string, CONTAINER)
+    marker = f"{START}/{DAYS}/{total_mb}"
+    try:
+        if container.get_container_properties().metadata.get("dataset") == marker:
+            print(f"Reusing {total_mb:.0f} MB of readings in container {CONTAINER}.", flush=True)
+            return
+        container.delete_container()
+        time.sleep(1)
+    except ResourceNotFoundError:
+        pass
+    env = {**os.environ, "P2_BLOB_CS": connection_string}
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "include" / "sample_data" / "generate.py"), "--connection-string-env",
+            "P2_BLOB_CS", "--container", CONTAINER, "--start", START, "--days", str(DAYS), "--total-mb",
+            str(total_mb),
+        ],
+        env=env, check=True,
+    )
+    container.set_container_metadata({"dataset": marker})
+    print(f"Generated in {time.perf_counter() - started:.0f} s.", flush=True)
+
+
+def _measure(mode: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
+    env = {**os.environ, "P2_BLOB_CS": connection_string}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, "P2_BLOB_CS", CONTAINER, str(chunk_rows), docs_dir, str(REPO)],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"The {mode} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = wall
+    return result
+
+
+def main(argv=None) -> int:
+    from edge_training import config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--total-mb", type=float, default=1100.0, help="size of the generated data (>= 1024)")
+    parser.add_argument("--chunk-rows", type=int, default=config.VALIDATION_CHUNK_ROWS)
+    args = parser.parse_args(argv)
+
+    stack = None
+    connection_string = _connection_string_from_env()
+    workdir = Path(tempfile.mkdtemp(prefix="p2-validation-"))
+    if connection_string is None:
+        from scripts.edge_stack import EdgeStack
+
+        stack = EdgeStack(workdir / "stack", free_ports=True)
+        print(f"Starting a throwaway edge stack in {workdir / 'stack'} ...", flush=True)
+        connection_string = stack.start().blob_connection_string
+    try:
+        _ensure_data(connection_string, args.total_mb)
+        raw = _measure("raw", connection_string, args.chunk_rows, str(workdir / "docs"))
+        validation = _measure("validate", connection_string, args.chunk_rows, str(workdir / "docs"))
+    finally:
+        if stack is not None:
+            stack.stop()
+    if raw["rows"] != validation["rows"]:
+        sys.exit(f"Raw and validation runs read different row counts: {raw['rows']} vs {validation['rows']}.")
+    mb = raw["bytes"] / 1024 / 1024
+    print(
+        f"Data: {mb:.0f} MB, {raw['rows']} rows, chunk_rows {args.chunk_rows}.\n"
+        f"raw download + parse: {raw['wall_seconds']:.1f} s ({mb / raw['wall_seconds']:.0f} MB/s), "
+        f"peak RSS {raw['peak_rss_mb']:.0f} MB\n"
+        f"validation:           {validation['wall_seconds']:.1f} s ({mb / validation['wall_seconds']:.0f} MB/s), "
+        f"peak RSS {validation['peak_rss_mb']:.0f} MB; Data Docs in {workdir / 'docs'}"
+    )
+    print(f"P2 validation_vs_raw_time_ratio: {validation['wall_seconds'] / raw['wall_seconds']:.2f} (target <= 2.0)")
+    print(f"P2 validation_peak_rss_mb: {validation['peak_rss_mb']:.0f} (target <= 512)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
