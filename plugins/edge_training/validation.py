@@ -489,6 +489,22 @@ def _expectation_key(config) -> str:
     return config.type + json.dumps(kwargs, sort_keys=True, default=str)
 
 
+def _sorted_unique(values):
+    """Sorted distinct values of a uint64 array, sorting in place.
+
+    ``numpy.unique`` hashes integer arrays in numpy 2.x, which is ~10x slower than a sort on millions of keys.
+    """
+    import numpy as np
+
+    values.sort()
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
 def _read_partition(
     validator: _Validator, source: PartitionSource, chunk_rows: int, day_keys: dict[str, dict[str, Any]]
 ) -> _PartitionReport:
@@ -544,7 +560,7 @@ def _read_partition(
         # Header but no rows: still evaluate the suite, so the report shows every expectation.
         empty = pd.DataFrame({c: pd.Series(dtype=COLUMN_DTYPES.get(c, "str")) for c in columns})
         merge(empty)
-    key_hashes = np.unique(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
+    key_hashes = _sorted_unique(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
     duplicates = (sum(len(h) for h in hashes) - len(key_hashes)) if hashes else 0
     seen_today = day_keys.setdefault(source.day or source.name, {})
     overlaps = {}
