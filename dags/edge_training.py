@@ -11,6 +11,7 @@ Only the model, its metrics and validation summaries leave the edge; training da
 | 3 | `train_on_edge_vm` | Ships `include/training/` to the VM and starts the training job there under a job id derived from the DAG run, so a retry re-attaches instead of training twice. Waits deferrably (no worker slot held). Runs in the `edge_vm` pool. |
 | 3' | `train_on_azureml` | Instead of `train_on_edge_vm` when the run's `training_backend` is `azureml`: the same training code as an Azure ML command job on the workspace's compute, reading the window from the mounted Stack Hub datastore; same re-attach on retry, deferrable wait, cancel on kill. |
 | 4 | `register_model` | Registers one model version per run with lineage tags; moves the `champion` alias only if the new model beats the champion on the same holdout (or `force_promote`). |
+| 5 | `build_image` | Builds the model version's scoring image with buildah (no Docker daemon), smoke-tests it with `buildah run`, pushes `<registry>/<model>:<version>` through the `image_registry` connection and records the digest on the model version. A retry finding the same image under the tag neither rebuilds nor pushes. |
 
 **Schedule**: cron `EDGE_TRAINING_SCHEDULE` (default `0 2 * * *`, UTC) with real data intervals. Catchup is off
 (`EDGE_TRAINING_CATCHUP=true` turns it on); history is trained with a backfill:
@@ -32,6 +33,7 @@ daily partition (asset `edge_new_partition`).
 | `window_end` | date `YYYY-MM-DD` or empty | end (exclusive) of the training window instead of the data interval end |
 | `force_promote` | boolean | make the new model the champion even if it does not beat the current one |
 | `training_params` | object | RandomForest hyperparameters for the training script |
+| `skip_image_build` | boolean | register the model but build no scoring image (`build_image` is skipped) |
 
 **Concurrency and failures**: at most `EDGE_TRAINING_MAX_ACTIVE_RUNS` (3) runs at once; trainings queue in the
 `edge_vm` pool (1 slot, deferred tasks count) so the VM trains one model at a time. Every task has a timeout and
@@ -57,6 +59,7 @@ from edge_training import config
 from edge_training.notify import on_task_failure
 from edge_training.operators.azureml_train import AzureMLTrainingOperator
 from edge_training.operators.health import EdgeVMHealthCheckOperator
+from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
@@ -116,6 +119,11 @@ AT_EDGE = edge_site_task_args()
             type="object",
             description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, "max_depth": 6}.',
         ),
+        "skip_image_build": Param(
+            False,
+            type="boolean",
+            description="Register the model but build and push no scoring image for it.",
+        ),
     },
 )
 def edge_training():
@@ -170,8 +178,15 @@ def edge_training():
         **AT_EDGE,
     )
 
+    build_image = BuildScoringImageOperator(
+        task_id="build_image",
+        registered=register_model.output,
+        skip="{{ params.skip_image_build }}",
+        execution_timeout=timedelta(hours=1),
+    )
+
     training = [train_on_edge_vm, train_on_azureml]
-    validate_data >> check_edge_vm >> choose_training_backend() >> training >> register_model
+    validate_data >> check_edge_vm >> choose_training_backend() >> training >> register_model >> build_image
 
 
 edge_training()

@@ -1,0 +1,292 @@
+"""Package a registered model version as a scoring image: build (buildah, no daemon), smoke-test, push, record."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import BaseOperator
+
+from edge_training import config
+from edge_training.exceptions import EdgeTrainingError, ImageBuildError, ImageRegistryError
+from edge_training.hooks.image import Buildah, ImageRegistryHook, download_wheels, free_port, request_json
+from edge_training.image_context import (
+    CONTENT_KEY_LABEL,
+    assemble_context,
+    compare_predictions,
+    image_labels,
+    image_reference,
+    model_version_tags,
+    smoke_rows,
+    split_reference,
+)
+from edge_training.operators.register import _as_dict, parse_flag
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from edge_training.registry import ModelRegistry
+
+SERVER_PATH = "/opt/serving/app.py"
+
+
+def expected_scores(onnx_path: Path) -> tuple[list[dict[str, float]], list[float], list[int]]:
+    """Synthetic rows for the model's features, scored by the model file itself (onnxruntime on this worker): what
+    the image must reproduce.
+
+    Returns ``(rows, probability of class 1 per row, label per row)``; the feature names come from the model's own
+    ``features`` metadata, written by the training job.
+    """
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    features = json.loads(session.get_modelmeta().custom_metadata_map["features"])
+    rows = smoke_rows(features)
+    (model_input,) = session.get_inputs()
+    dtype = np.float64 if model_input.type == "tensor(double)" else np.float32
+    matrix = np.array([[row[name] for name in features] for row in rows], dtype=dtype)
+    labels, proba = session.run(["label", "probabilities"], {model_input.name: matrix})
+    return rows, np.asarray(proba, dtype=np.float64)[:, 1].tolist(), [int(v) for v in labels]
+
+
+class BuildScoringImageOperator(BaseOperator):
+    """
+    Build the scoring image for a registered model version, smoke-test it, push it as ``<registry>/<model>:<version>``
+    and record its digest on the model version (tags ``image.reference`` = ``<registry>/<model>:<version>@sha256:…``
+    and ``image.digest``).
+
+    Retry-safe: when the tag already holds an image built from exactly the same content (model file, serving app,
+    wheels, base image; label ``io.edge-training.content-key``), nothing is rebuilt or pushed and the existing digest
+    is recorded. The model version is tagged only after the registry confirms the pushed digest under the tag.
+
+    Returns ``{"image", "reference", "digest", "reused", "smoke_test"}``.
+
+    :param registered: The register_model task's result (XComArg or dict) with ``model_name`` and ``version`` (and
+        ``tags["edge.code_version"]`` for the labels). Templated.
+    :param skip: Skip the task (the manual-run Param ``skip_image_build``). Templated.
+    :param image_registry_conn_id: Registry connection: host (login server), login, password, extra ``tls_verify``.
+    :param base_image: ``BASE_IMAGE`` for the Dockerfile (``EDGE_IMAGE_BASE``); must exist in buildah's storage.
+    :param registry_backend: Model registry backend; None uses ``EDGE_MODEL_REGISTRY``.
+    :param buildah_root: buildah storage root (``EDGE_BUILDAH_ROOT``).
+    :param buildah_runroot: buildah runtime folder (``EDGE_BUILDAH_RUNROOT``).
+    :param wheels_dir: Cache folder for the image's wheels (``EDGE_IMAGE_WHEELS_DIR``).
+    :param serving_dir: Folder with the Dockerfile, app.py and requirements.txt (``include/serving``).
+    """
+
+    template_fields = ("registered", "skip")
+    ui_color = "#e8eef8"
+
+    def __init__(
+        self,
+        *,
+        registered: Any,
+        skip: Any = False,
+        image_registry_conn_id: str = config.REGISTRY_CONN_ID,
+        base_image: str = config.IMAGE_BASE,
+        registry_backend: str | None = None,
+        buildah_root: str | Path = config.BUILDAH_ROOT,
+        buildah_runroot: str | Path = config.BUILDAH_RUNROOT,
+        wheels_dir: str | Path = config.IMAGE_WHEELS_DIR,
+        serving_dir: str | Path = config.IMAGE_SERVING_DIR,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.registered = registered
+        self.skip = skip
+        self.image_registry_conn_id = image_registry_conn_id
+        self.base_image = base_image
+        self.registry_backend = registry_backend
+        self.buildah_root = buildah_root
+        self.buildah_runroot = buildah_runroot
+        self.wheels_dir = wheels_dir
+        self.serving_dir = serving_dir
+
+    @cached_property
+    def hook(self) -> ImageRegistryHook:
+        return ImageRegistryHook(image_registry_conn_id=self.image_registry_conn_id)
+
+    @cached_property
+    def buildah(self) -> Buildah:
+        return Buildah(self.buildah_root, self.buildah_runroot)
+
+    @cached_property
+    def model_registry(self) -> ModelRegistry:
+        from edge_training.registry import get_model_registry
+
+        return get_model_registry(self.registry_backend)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if parse_flag("skip_image_build", self.skip):
+            raise AirflowSkipException("skip_image_build is set for this run: no scoring image is built.")
+        registered = _as_dict("register_model", self.registered)
+        if not registered.get("model_name") or registered.get("version") in (None, ""):
+            raise EdgeTrainingError(
+                f"Checked the register_model result for model_name and version: found keys {sorted(registered)}. "
+                "Pass the register_model task's output as registered=."
+            )
+        model_name, version = str(registered["model_name"]), str(registered["version"])
+        code_version = str((registered.get("tags") or {}).get("edge.code_version") or "unknown")
+
+        # Credentials first: a wrong password should fail in a second, not after a build.
+        self.hook.check_credentials()
+        reference = image_reference(self.hook.host, model_name, version)
+        _, repository, tag = split_reference(reference)
+
+        with tempfile.TemporaryDirectory(prefix="edge-image-") as scratch:
+            from edge_training.registry import RegisteredModelVersion
+
+            onnx_path = self.model_registry.download_onnx(
+                RegisteredModelVersion(name=model_name, version=version, run_id=None), Path(scratch) / "download"
+            )
+            serving_dir = Path(self.serving_dir)
+            wheels = download_wheels(serving_dir / "requirements.txt", Path(self.wheels_dir))
+            build_context = assemble_context(Path(scratch) / "context", serving_dir, wheels, onnx_path, self.base_image)
+
+            digest = self._already_pushed(repository, tag, build_context.content_key)
+            if digest is not None:
+                self.log.info("%s already holds this image (%s): not rebuilt, not pushed again", reference, digest)
+                smoke: dict[str, Any] = {"passed": None, "reason": "image already in the registry; not rebuilt"}
+            else:
+                digest, smoke = self._build_and_push(
+                    context, build_context, reference, repository, tag, model_name, version, code_version, scratch
+                )
+
+        tags = model_version_tags(reference, digest)
+        self.model_registry.set_tags(model_name, version, tags)
+        self.log.info("image: %s", tags["image.reference"])
+        return {
+            "image": tags["image.reference"],
+            "reference": reference,
+            "digest": digest,
+            "reused": smoke.get("passed") is None,
+            "smoke_test": smoke,
+        }
+
+    def _already_pushed(self, repository: str, tag: str, content_key: str) -> str | None:
+        found = self.hook.manifest(repository, tag)
+        if found is None:
+            return None
+        digest, manifest = found
+        labels = self.hook.image_config(repository, manifest).get("config", {}).get("Labels") or {}
+        if labels.get(CONTENT_KEY_LABEL) == content_key:
+            return digest
+        self.log.warning(
+            "%s/%s:%s holds %s built from other content (content key %s, now %s): building and replacing it",
+            self.hook.host, repository, tag, digest, labels.get(CONTENT_KEY_LABEL), content_key,
+        )  # fmt: skip
+        return None
+
+    def _build_and_push(
+        self, context, build_context, reference, repository, tag, model_name, version, code_version, scratch
+    ) -> tuple[str, dict]:
+        self.buildah.require_image(
+            self.base_image,
+            "Build it with scripts/build_base_image.sh (Debian bookworm + python3 via mmdebstrap; `make base-image`), "
+            "or set EDGE_IMAGE_BASE to an image in that storage.",
+        )
+        local = f"localhost/{repository}:{tag}"
+        labels = image_labels(
+            model_name=model_name,
+            version=version,
+            dag_run_id=context["ti"].run_id,
+            code_version=code_version,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            content=build_context.content_key,
+        )
+        started = time.monotonic()
+        self.buildah.build(
+            build_context.path,
+            local,
+            build_args={"BASE_IMAGE": self.base_image, "MODEL_NAME": model_name, "MODEL_VERSION": version},
+            labels=labels,
+        )
+        self.log.info("Built %s in %.1f s", local, time.monotonic() - started)
+        smoke = self.smoke_test(local, build_context.model_path, Path(scratch) / "smoke.log")
+        with self.hook.authfile() as authfile:
+            digest = self.buildah.push(local, reference, authfile, self.hook.settings.tls_verify)
+        confirmed = self.hook.manifest(repository, tag)
+        if confirmed is None or confirmed[0] != digest:
+            raise ImageRegistryError(
+                f"Pushed {reference} and buildah reported {digest}, but the registry's tag now points at "
+                f"{confirmed[0] if confirmed else 'nothing'}. Another push may have raced this one; the model "
+                "version is not tagged. Retry the task."
+            )
+        self.log.info("Pushed %s (%s)", reference, digest)
+        removed = self.buildah.remove_other_tags(local)
+        if removed:
+            self.log.info("Removed older local images %s (the registry holds them)", removed)
+        return digest, smoke
+
+    def smoke_test(self, image: str, model_path: Path, log_path: Path) -> dict[str, Any]:
+        """Start the image's server with ``buildah run``, check ``/health``, a bad request, and predictions on
+        synthetic rows against the model file scored on this worker.
+
+        :raises ImageBuildError: the server does not start or answer, or its predictions differ.
+        """
+        rows, expected, expected_labels = expected_scores(model_path)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        command = ["python3", SERVER_PATH, "--host", "127.0.0.1", "--port", str(port)]
+        with self.buildah.serve(image, command, log_path) as server:
+            health = self._wait_healthy(server, base, log_path, started)
+            status, refused = request_json(f"{base}/predict", {"rows": [{"not_a_feature": 1}]})
+            if status != 400 or "error" not in refused:
+                raise ImageBuildError(
+                    f"Smoke test of {image}: a row with an unknown feature got HTTP {status} {refused}, expected 400 "
+                    "with an error message. Check include/serving/app.py."
+                )
+            status, served = request_json(f"{base}/predict", {"rows": rows})
+        if status != 200:
+            raise ImageBuildError(
+                f"Smoke test of {image}: POST /predict with {len(rows)} synthetic rows answered HTTP {status}: "
+                f"{served.get('error', served)}. Server log: {log_path.read_text(errors='replace')[-800:]}"
+            )
+        verdict = compare_predictions(
+            expected, served.get("probabilities", []), expected_labels, served.get("labels", []),
+            config.IMAGE_SMOKE_TOLERANCE,
+        )  # fmt: skip
+        if not verdict["passed"]:
+            raise ImageBuildError(
+                f"Smoke test of {image}: the image's predictions differ from the registered model's on "
+                f"{verdict['rows']} synthetic rows (max |diff| {verdict['max_abs_diff']}, labels match: "
+                f"{verdict['labels_match']}, tolerance {config.IMAGE_SMOKE_TOLERANCE}). Check that "
+                "include/serving/requirements.txt pins the onnxruntime the training job uses."
+            )
+        result = {
+            **verdict,
+            "health": health.get("status"),
+            "features": len(rows[0]),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        self.log.info("Smoke test of %s passed: %s", image, result)
+        return result
+
+    def _wait_healthy(self, server, base: str, log_path: Path, started: float) -> dict:
+        deadline = started + config.IMAGE_SMOKE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise ImageBuildError(
+                    f"Smoke test: the image's server exited with {server.returncode} before answering /health. "
+                    f"Its output ends with:\n{log_path.read_text(errors='replace')[-800:]}"
+                )
+            try:
+                status, health = request_json(f"{base}/health", timeout=2)
+                if status == 200 and health.get("status") == "ok":
+                    return health
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise ImageBuildError(
+            f"Smoke test: the image's server did not answer GET /health on {base} within "
+            f"{config.IMAGE_SMOKE_TIMEOUT_S:.0f} s (EDGE_IMAGE_SMOKE_TIMEOUT_S). Its output ends with:\n"
+            f"{log_path.read_text(errors='replace')[-800:]}"
+        )

@@ -1,0 +1,229 @@
+"""The scoring image end to end: real buildah (own vfs storage), the stack's registry with htpasswd auth, real MLflow.
+
+Builds and pushes images for registered model versions with BuildScoringImageOperator, then reads the registry back
+over its HTTP API (independently of the hook) to check the tag, digest, labels and layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edge_training.exceptions import ImageRegistryAuthError, ImageRegistryUnavailableError
+from edge_training.hooks.image import Buildah, ImageRegistryHook
+from edge_training.image_context import IMAGE_DIGEST_TAG, IMAGE_REFERENCE_TAG
+from edge_training.operators.image import BuildScoringImageOperator
+from edge_training.registry import RegisteredModelVersion, get_model_registry
+from edge_training.retry import FAIL_AT_ONCE
+from scripts.edge_stack import registry_basic_auth
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "edge-image-test"
+FEATURES = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct", "power_kw"]
+BASE_IMAGE = "localhost/edge-python-base:bookworm"
+MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+def write_model(folder: Path, seed: int, trees: int = 20) -> Path:
+    """A real RandomForest exported like include/training/train.py does (probabilities tensor, features metadata)."""
+    import onnx
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2000, len(FEATURES))).astype(np.float32) * [10, 2, 1, 300, 15, 5] + [70, 3, 5, 1500, 40, 10]
+    y = ((x[:, 0] > 75) & (x[:, 1] > 3) | (rng.random(2000) < 0.05)).astype(int)
+    clf = RandomForestClassifier(n_estimators=trees, max_depth=8, random_state=seed).fit(x.astype(np.float32), y)
+    onx = to_onnx(clf, x[:1].astype(np.float32), options={id(clf): {"zipmap": False}})
+    onnx.helper.set_model_props(onx, {"features": json.dumps(FEATURES), "label": "failure_within_24h"})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(onx.SerializeToString())
+    (folder / "metrics.json").write_text(json.dumps({"metrics": {"roc_auc": 0.9}, "features": FEATURES}))
+    return folder
+
+
+def register(tmp: Path, seed: int, key: str) -> str:
+    version = get_model_registry().register(
+        MODEL, write_model(tmp / key, seed), key, {"edge.code_version": f"code-{seed}"}
+    )
+    return version.version
+
+
+def version_tags(version: str) -> dict:
+    return get_model_registry().client.get_model_version(MODEL, version).tags
+
+
+def registry_get(stack, path: str, accept: str = "") -> tuple[int, dict, bytes]:
+    headers = registry_basic_auth(stack.registry_user, stack.registry_password)
+    if accept:
+        headers["Accept"] = accept
+    request = urllib.request.Request(f"http://{stack.registry_host}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), b""
+
+
+def registry_blobs(stack) -> dict[str, int]:
+    """Every blob the registry stores on disk (digest -> bytes): what pushes actually delivered."""
+    root = stack.state_dir / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    return {p.parent.name: p.stat().st_size for p in root.glob("*/*/data")}
+
+
+@pytest.fixture(scope="module")
+def image_env(edge_stack, tmp_path_factory):
+    """This module's own buildah storage with the base image imported (from the tarball cached by
+    scripts/build_base_image.sh), and the environment the operator reads."""
+    storage = tmp_path_factory.mktemp("buildah")
+    env = {
+        "EDGE_BUILDAH_ROOT": str(storage / "root"),
+        "EDGE_BUILDAH_RUNROOT": str(storage / "run"),
+    }
+    subprocess.run([str(ROOT / "scripts" / "build_base_image.sh")], env={**os.environ, **env}, check=True,
+                   capture_output=True, timeout=900)  # fmt: skip
+    return SimpleNamespace(root=storage / "root", runroot=storage / "run")
+
+
+def make_operator(image_env, version: str, task_id: str = "build_image", **kwargs) -> BuildScoringImageOperator:
+    return BuildScoringImageOperator(
+        task_id=task_id,
+        registered={"model_name": MODEL, "version": version, "tags": {"edge.code_version": "code-test"}},
+        buildah_root=image_env.root,
+        buildah_runroot=image_env.runroot,
+        base_image=BASE_IMAGE,
+        **kwargs,
+    )
+
+
+def run(operator: BuildScoringImageOperator, run_id: str = "manual__2026-06-10T02:00:00+00:00") -> dict:
+    return operator.execute({"ti": SimpleNamespace(run_id=run_id)})
+
+
+@pytest.fixture(scope="module")
+def first(edge_stack, image_env, tmp_path_factory):
+    """Version 1 built, smoke-tested and pushed."""
+    mp = pytest.MonkeyPatch()
+    for name, value in edge_stack.airflow_env.items():
+        mp.setenv(name, value)
+    try:
+        version = register(tmp_path_factory.mktemp("models"), seed=1, key="image-test-run-1")
+        before = registry_blobs(edge_stack)
+        result = run(make_operator(image_env, version))
+        yield SimpleNamespace(version=version, result=result, blobs_before=before, blobs_after=registry_blobs(edge_stack))
+    finally:
+        mp.undo()
+
+
+def test_build_push_and_record_digest(edge_env, first):
+    result = first.result
+    reference = f"{edge_env.registry_host}/{MODEL}:{first.version}"
+    assert result["reference"] == reference
+    assert result["image"] == f"{reference}@{result['digest']}"
+    assert result["reused"] is False
+
+    # The registry, read independently: the tag resolves to the digest the task reported.
+    status, headers, body = registry_get(edge_env, f"/v2/{MODEL}/manifests/{first.version}", MANIFEST_ACCEPT)
+    assert status == 200
+    assert headers["Docker-Content-Digest"] == result["digest"]
+    manifest = json.loads(body)
+    status, _, config_blob = registry_get(edge_env, f"/v2/{MODEL}/blobs/{manifest['config']['digest']}")
+    labels = json.loads(config_blob)["config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == first.version
+    assert labels["io.edge-training.model.name"] == MODEL
+    assert labels["io.edge-training.model.version"] == first.version
+    assert labels["io.edge-training.dag-run-id"] == "manual__2026-06-10T02:00:00+00:00"
+    assert labels["io.edge-training.code-version"] == "code-test"
+    assert labels["org.opencontainers.image.created"].startswith("20")
+    assert json.loads(config_blob)["config"]["User"] == "10001"
+
+    tags = version_tags(first.version)
+    assert tags[IMAGE_DIGEST_TAG] == result["digest"]
+    assert tags[IMAGE_REFERENCE_TAG] == result["image"]
+
+
+def test_smoke_test_ran_inside_the_image(first):
+    smoke = first.result["smoke_test"]
+    assert smoke["passed"] is True
+    assert smoke["health"] == "ok"
+    assert smoke["rows"] == 16 and smoke["features"] == len(FEATURES)
+    assert smoke["labels_match"] is True
+    assert smoke["max_abs_diff"] <= 1e-5
+
+
+def test_retry_with_same_content_neither_rebuilds_nor_pushes(edge_env, image_env, first):
+    blobs = registry_blobs(edge_env)
+    result = run(make_operator(image_env, first.version, task_id="build_image_retry"), run_id="a later run")
+    assert result["reused"] is True
+    assert result["digest"] == first.result["digest"]
+    assert registry_blobs(edge_env) == blobs
+    assert version_tags(first.version)[IMAGE_DIGEST_TAG] == first.result["digest"]
+
+
+def test_second_version_pushes_only_the_model_layer(edge_env, image_env, first, tmp_path):
+    version = register(tmp_path, seed=2, key="image-test-run-2")
+    before = registry_blobs(edge_env)
+    result = run(make_operator(image_env, version))
+    new_blobs = set(registry_blobs(edge_env)) - set(before)
+
+    def manifest(tag):
+        return json.loads(registry_get(edge_env, f"/v2/{MODEL}/manifests/{tag}", MANIFEST_ACCEPT)[2])
+
+    one, two = manifest(first.version), manifest(version)
+    assert [layer["digest"] for layer in one["layers"][:-1]] == [layer["digest"] for layer in two["layers"][:-1]]
+    assert one["layers"][-1]["digest"] != two["layers"][-1]["digest"]
+    # Only the new model layer and the new image config reached the registry.
+    assert new_blobs == {two["layers"][-1]["digest"].split(":")[1], two["config"]["digest"].split(":")[1]}
+    assert result["smoke_test"]["passed"] is True
+
+
+@pytest.fixture
+def unpushed_version(edge_env, tmp_path, request):
+    return register(tmp_path, seed=3, key=f"image-test-unpushed-{request.node.name}")
+
+
+def test_wrong_password_fails_at_once_with_clear_message(edge_env, image_env, unpushed_version, monkeypatch):
+    conn = json.loads(edge_env.airflow_env["AIRFLOW_CONN_IMAGE_REGISTRY"])
+    conn["password"] = "not-the-password"
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_REGISTRY", json.dumps(conn))
+    with pytest.raises(ImageRegistryAuthError) as caught:
+        run(make_operator(image_env, unpushed_version))
+    message = str(caught.value)
+    assert "refused" in message and "'edge'" in message and "password" in message
+    assert "not-the-password" not in message
+    assert ImageRegistryAuthError in FAIL_AT_ONCE
+    assert IMAGE_DIGEST_TAG not in version_tags(unpushed_version)
+    assert registry_get(edge_env, f"/v2/{MODEL}/manifests/{unpushed_version}", MANIFEST_ACCEPT)[0] == 404
+
+
+def test_registry_down_is_retryable(edge_env, image_env, unpushed_version, monkeypatch):
+    from scripts.edge_stack import _free_port
+
+    conn = json.loads(edge_env.airflow_env["AIRFLOW_CONN_IMAGE_REGISTRY"])
+    conn["host"] = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_REGISTRY", json.dumps(conn))
+    with pytest.raises(ImageRegistryUnavailableError) as caught:
+        run(make_operator(image_env, unpushed_version))
+    assert "down or unreachable" in str(caught.value) and "retried" in str(caught.value)
+    assert not any(issubclass(ImageRegistryUnavailableError, cls) for cls in FAIL_AT_ONCE)
+    assert IMAGE_DIGEST_TAG not in version_tags(unpushed_version)
+
+
+def test_refused_push_leaves_no_tag(edge_env, image_env):
+    """buildah's own push with credentials the registry refuses: a clear auth error, and no tag appears."""
+    buildah = Buildah(image_env.root, image_env.runroot)
+    hook = ImageRegistryHook()
+    bad = Path(image_env.root).parent / "bad-auth.json"
+    bad.write_text(json.dumps({"auths": {edge_env.registry_host: {"auth": "ZWRnZTp3cm9uZw=="}}}))  # edge:wrong
+    with pytest.raises(ImageRegistryAuthError, match="refused the credentials"):
+        buildah.push(BASE_IMAGE, f"{edge_env.registry_host}/{MODEL}-partial:1", bad, tls_verify=False)
+    assert hook.manifest(f"{MODEL}-partial", "1") is None
