@@ -11,7 +11,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install system-deps demo test bench stack stop status clean
+.PHONY: help install system-deps demo test bench stack stop status clean base-image
 
 help:
 	@echo "make demo    start the local edge stack, seed sample data, run the edge_training DAG"
@@ -44,14 +44,19 @@ stop:
 status:
 	@$(PY) scripts/edge_stack.py status
 
-demo: stack
+demo: stack base-image
 	scripts/demo.sh
 
-test: install
+test: install base-image
 	$(PY) -m pytest
 
-bench: install
+bench: install base-image
 	$(PY) bench/run_all.py
+
+# Debian bookworm + python3 (mmdebstrap, tarball cached in .edge-stack/cache/base) imported into buildah's storage
+# under .edge-stack/buildah as localhost/edge-python-base:bookworm: the scoring image's base. No-op when present.
+base-image: install
+	scripts/build_base_image.sh
 
 clean: stop
 	rm -rf $(STATE)
