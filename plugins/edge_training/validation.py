@@ -630,7 +630,8 @@ def _store_for_docs(validator: _Validator, report: _PartitionReport, validation_
         ]
     elif report.read_error or not report.merged:
         # The suite could not run on this blob: show why on the column check, the first thing it would test.
-        config = configs.get("expect_table_columns_to_match_ordered_list", validator.suite.expectations[0].configuration)
+        first = validator.suite.expectations[0].configuration
+        config = configs.get("expect_table_columns_to_match_ordered_list", first)
         reason = report.read_error or "; ".join(report.failures)
         results = [
             ExpectationValidationResult(

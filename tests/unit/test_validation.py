@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,10 @@ def rows(n: int, day: date = DAY, machines: int = 5) -> list[list[str]]:
         ts = (start + timedelta(minutes=i // machines)).strftime("%Y-%m-%dT%H:%M:%SZ")
         temperature = MARKER_TEMPERATURE if i == 0 else f"{60 + (i % 7) * 0.5:.2f}"
         out.append(
-            [f"M-{i % machines + 1:04d}", ts, temperature, "2.5", "6.1", "1500.0", "45.0", "15.2", str(int(i % 25 == 0))]
+            [
+                f"M-{i % machines + 1:04d}", ts, temperature, "2.5", "6.1", "1500.0", "45.0", "15.2",
+                str(int(i % 25 == 0)),
+            ]
         )
     return out
 
@@ -74,7 +78,8 @@ def test_clean_partitions_pass_with_a_summary_free_of_data(tmp_path):
     assert summary["partitions"] == [NAME, "dt=2026-11-01/part-0001.csv"]
     assert summary["rows_per_partition"] == {NAME: 300, "dt=2026-11-01/part-0001.csv": 100}
     assert summary["row_count"] == 400
-    assert summary["expectations_evaluated"] == len(json.loads(config.EXPECTATION_SUITE_PATH.read_text())["expectations"])
+    suite = json.loads(config.EXPECTATION_SUITE_PATH.read_text())
+    assert summary["expectations_evaluated"] == len(suite["expectations"])
     assert summary["data_fingerprint"].startswith("sha256:")
     assert summary["validation_id"]
     assert summary["data_docs"] == str(tmp_path / "docs" / "index.html")
@@ -165,7 +170,9 @@ def test_out_of_range_values_report_the_observed_extreme(tmp_path):
         f"{NAME}: expect_column_values_to_be_between(temperature_c): 1 of 50 values out of range, "
         "observed max 912.0, allowed ≤ 150.0"
     ) in message
-    assert "expect_column_values_to_be_between(rpm): 1 of 50 values out of range, observed min -5.0, allowed ≥ 0.0" in message
+    assert (
+        "expect_column_values_to_be_between(rpm): 1 of 50 values out of range, observed min -5.0, allowed ≥ 0.0"
+    ) in message
     # Only the offending extreme is quoted, never the rows around it.
     assert MARKER_TEMPERATURE not in message and "M-0001" not in message
 
@@ -247,3 +254,42 @@ def test_chunk_stream_reassembles_download_chunks():
     with io.BufferedReader(_ChunkStream(iter(pieces)), buffer_size=1000) as stream:
         assert stream.read(5) == data[:5]
         assert stream.read() == data[5:]
+
+
+class _RangeClient:
+    """Stands in for ContainerClient.download_blob: serves byte ranges of one blob, or refuses a stale ETag."""
+
+    def __init__(self, data: bytes, current_etag: str = "0x1") -> None:
+        self.data, self.current_etag, self.requests = data, current_etag, []
+
+    def download_blob(self, name, offset, length, etag=None, match_condition=None):
+        from azure.core.exceptions import ResourceModifiedError
+
+        self.requests.append((offset, length))
+        if etag != self.current_etag:
+            raise ResourceModifiedError("The condition specified using HTTP conditional header(s) is not met.")
+        part = self.data[offset : offset + length]
+        return SimpleNamespace(chunks=lambda: iter([part[:1000], part[1000:]]))
+
+
+def test_blobs_are_read_in_bounded_ranges_of_the_listed_version(monkeypatch):
+    from edge_training import validation
+
+    monkeypatch.setattr(validation, "DOWNLOAD_RANGE_BYTES", 4096)
+    data = bytes(range(256)) * 70  # 17920 bytes: 5 ranges
+    client = _RangeClient(data)
+    with validation._blob_opener(client, NAME, "0x1", len(data))() as stream:
+        assert stream.read() == data
+    assert client.requests == [(0, 4096), (4096, 4096), (8192, 4096), (12288, 4096), (16384, 1536)]
+
+
+def test_blob_rewritten_during_validation_is_reported(tmp_path):
+    from edge_training import validation
+    from edge_training.exceptions import EdgeTrainingError
+
+    data = csv(rows(10))
+    opener = validation._blob_opener(_RangeClient(data, current_etag="0x2"), NAME, "0x1", len(data))
+    stale = PartitionSource(NAME, "0x1", len(data), opener)
+    with pytest.raises(EdgeTrainingError, match=r"changed while the training window was being validated") as caught:
+        run(tmp_path, [stale])
+    assert not isinstance(caught.value, DataValidationError)  # retried, not a data failure
