@@ -87,6 +87,15 @@ def main() -> int:
         print(f"   {registered['decision']['reason']}")
         for key, value in sorted(registered["tags"].items()):
             print(f"   {key} = {value}")
+    image = xcoms.get("build_image")
+    if image:
+        smoke = image.get("smoke_test") or {}
+        print(f"\nimage: {image['image']}")
+        if smoke.get("passed"):
+            print(f"   smoke test passed: /health {smoke['health']}, {smoke['rows']} rows scored, "
+                  f"max |diff| vs the registered model {smoke['max_abs_diff']:.2g}")
+        else:
+            print(f"   {smoke.get('reason', 'smoke test not run')}")
 
     if args.exit_code != 0 or str(run.state) != "success":
         print("\nThe run failed. First error:")
