@@ -256,7 +256,7 @@ def generate(
     if math.ceil(rows_per_day / machines) > 86400:
         raise ValueError(
             f"{rows_per_day} rows per day over {machines} machines is more than one reading per machine per "
-            "second; raise --machines."
+            f"second (timestamps have whole seconds); pass --machines {math.ceil(rows_per_day / 86400)} or more."
         )
     if corrupt is not None and corrupt not in CORRUPT_KINDS:
         raise ValueError(f"Unknown corruption kind {corrupt!r}; choose one of: {', '.join(CORRUPT_KINDS)}.")
