@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One end-to-end run of the edge_training DAG on the local edge stack (started by `make stack`).
-#   scripts/demo.sh              seed clean sample data and run the pipeline
+# One run of the edge_training DAG on a real Airflow scheduler next to the local edge stack (started by `make stack`).
+#   scripts/demo.sh              seed clean sample data, start Airflow, trigger a run over REST, follow it, summarise
 #   scripts/demo.sh --bad-data   also corrupt one day in the window: the run must fail at validate_data
+# Airflow and the stack keep running afterwards (UI URL and login are printed); `make stop` stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,13 +11,8 @@ state=.edge-stack
 source "$state/airflow.env"
 
 days=14
-window_end=$(date -u +%F)                # the run's data interval ends today 02:00 UTC
-run_after="${window_end}T02:00:00+00:00"
+window_end=$(date -u +%F)                # the run's training window ends today (UTC)
 seed_start=$(date -u -d "$window_end - $days days" +%F)
-
-echo "== Airflow metadata DB ($AIRFLOW_HOME)"
-airflow db migrate > "$state/airflow-db-migrate.log" 2>&1 || { tail -20 "$state/airflow-db-migrate.log"; exit 1; }
-airflow pools set "${EDGE_VM_POOL:-edge_vm}" 1 "Concurrent trainings on the edge VM" --include-deferred > /dev/null
 
 export EDGE_BLOB_CONNECTION_STRING="$(python -c 'import json, os; print(json.loads(os.environ["AIRFLOW_CONN_EDGE_BLOB"])["extra"]["connection_string"])')"
 echo "== Sample data: $days days from $seed_start into container sensor-readings"
@@ -29,12 +25,9 @@ if [ "${1:-}" = "--bad-data" ]; then
     --start "$bad_day" --days 1 --rows-per-day "${DEMO_ROWS_PER_DAY:-20000}" --seed 7 \
     --corrupt out-of-range --corrupt-date "$bad_day"
 fi
+unset EDGE_BLOB_CONNECTION_STRING
 
-echo "== airflow dags test edge_training $run_after"
-log="$state/demo-run.log"
-set +e
-airflow dags test edge_training "$run_after" > "$log" 2>&1
-rc=$?
-set -e
-python scripts/run_summary.py --log "$log" --exit-code "$rc"
-exit "$rc"
+echo "== Airflow (standalone: scheduler, dag-processor, api-server, triggerer; pool edge_vm)"
+python scripts/airflow_local.py start --state-dir "$state"
+
+python scripts/run_summary.py --state-dir "$state" --conf "${DEMO_CONF:-{\}}"

@@ -1,109 +1,146 @@
-"""Print what a user wants to know after a demo run: task states, validation summary, model version and tags.
+"""Trigger one edge_training run on the local Airflow through its REST API, follow it, and summarise it.
 
-Reads the Airflow metadata DB of the demo's AIRFLOW_HOME (this is a command-line tool, not a task) and, on failure,
-the error the failing task raised, from the run's log.
+    python scripts/run_summary.py [--state-dir DIR] [--conf '{"window_days": 7}'] [--timeout 1800]
+
+Prints one line per task state change while the run goes, then what a user wants to know: the run's state and
+data interval, each task's state, the validation summary and Data Docs path, the model version and its tags,
+the image reference (when the DAG builds one), the first error of a failed run, and the UI URL with how to log in.
+Everything comes from the REST API (XCom holds summaries only; no data row is printed). Exit 0 if the run succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.airflow_local import DEFAULT_STATE_DIR, AirflowApiError, AirflowClient, AirflowLocal  # noqa: E402
 
 DAG_ID = "edge_training"
-ERROR_LINE = re.compile(r"(edge_training\.exceptions\.\w+|AirflowException|\w+Error): ")
 
 
-def latest_run():
-    from airflow.models import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        run = session.query(DagRun).filter(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc()).first()
-        if run is None:
-            return None, [], {}
-        tis = sorted(run.get_task_instances(session=session), key=lambda ti: ti.start_date or run.start_date)
-        states = [(ti.task_id, str(ti.state)) for ti in tis]
-        xcoms = {ti.task_id: xcom_value(session, ti) for ti in tis}
-        return run, states, xcoms
+def _parse(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
 
 
-def xcom_value(session, ti):
-    from airflow.models.xcom import XComModel
+def trigger_latest_interval(client: AirflowClient, conf: dict) -> dict:
+    """Trigger a run for the latest complete data interval, or (if that interval already ran) a run with no
+    logical date, whose window ends at its run_after time.
 
-    row = (
-        session.query(XComModel)
-        .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, key="return_value")
-        .first()
+    Taking the scheduler's next interval means unpausing the DAG does not start a second, scheduled run for it.
+    """
+    dag = client.dag(DAG_ID)
+    next_end = _parse(dag.get("next_dagrun_data_interval_end"))
+    logical_date = dag.get("next_dagrun_logical_date")
+    if logical_date and next_end and next_end <= datetime.now(timezone.utc):
+        try:
+            return client.trigger(DAG_ID, conf=conf, logical_date=logical_date)
+        except AirflowApiError as err:
+            if err.status != 409:  # 409: a run for that interval exists already
+                raise
+    return client.trigger(DAG_ID, conf=conf)
+
+
+def first_error(client: AirflowClient, run_id: str, ti: dict) -> str:
+    """Class and message of the exception a failed task raised, from its structured task log."""
+    path = (
+        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti.get('try_number') or 1, 1)}"
+        "?full_content=true"
     )
-    return XComModel.deserialize_value(row) if row else None
+    try:
+        content = client.request("GET", path).get("content") or []
+    except AirflowApiError as err:
+        return f"(task log not readable: HTTP {err.status})"
+    for event in content:
+        if isinstance(event, dict) and event.get("error_detail"):
+            detail = event["error_detail"][0]
+            return f"{detail.get('exc_type')}: {detail.get('exc_value')}"
+    return "(no exception in the task log; open the task log in the UI)"
 
 
-def error_excerpt(log: Path, lines: int = 12) -> list[str]:
-    """The first error raised by a task, from the run log."""
-    text = log.read_text(errors="replace").splitlines() if log.exists() else []
-    for i, line in enumerate(text):
-        if ERROR_LINE.search(line) and "Traceback" not in line:
-            return text[i : i + lines]
-    return text[-lines:]
+def print_summary(client: AirflowClient, run: dict) -> None:
+    run_id = run["dag_run_id"]
+    tis = sorted(client.task_instances(DAG_ID, run_id), key=lambda t: t.get("start_date") or "~")
+    print(f"\n== Run {run_id}: {run['state']}")
+    print(f"   data interval {run.get('data_interval_start')} .. {run.get('data_interval_end')}")
+    for ti in tis:
+        print(f"   {ti['task_id']:<20} {ti['state']}")
 
+    def xcom(task_id: str) -> Any:
+        return client.xcom(DAG_ID, run_id, task_id)
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--exit-code", type=int, required=True)
-    args = parser.parse_args()
-
-    run, states, xcoms = latest_run()
-    if run is None:
-        print(f"no run of {DAG_ID} found; see {args.log}")
-        return 1
-    print(f"\n== Run {run.run_id}: {run.state}")
-    print(f"   data interval {run.data_interval_start} .. {run.data_interval_end}")
-    for task_id, state in states:
-        print(f"   {task_id:<20} {state}")
-
-    validation = xcoms.get("validate_data")
+    validation = xcom("validate_data")
     if validation:
         print(
             f"\nvalidation: window {validation['window']}, {len(validation['partitions'])} partitions, "
             f"{validation['row_count']} rows, fingerprint {validation['data_fingerprint']}"
         )
         print(f"Data Docs: {validation['data_docs']}")
-    health = xcoms.get("check_edge_vm")
+    health = xcom("check_edge_vm")
     if health:
         print(f"edge VM: {health.get('hostname')} host key {health.get('host_key_fingerprint')}")
-    training = xcoms.get("train_on_edge_vm")
-    if training:
-        metrics = (training.get("metrics") or {}).get("metrics", {})
-        print(
-            f"training on the edge VM: job {training['job_id']}, code version {training['code_version']}, "
-            f"holdout roc_auc {metrics.get('roc_auc')}"
-        )
-    registered = xcoms.get("register_model")
+    for task_id in ("train_on_edge_vm", "train_on_azureml"):
+        training = xcom(task_id)
+        if training:
+            metrics = (training.get("metrics") or {}).get("metrics", {})
+            print(
+                f"training ({task_id}): job {training['job_id']}, code version {training.get('code_version')}, "
+                f"window {training.get('window')}, holdout roc_auc {metrics.get('roc_auc')}"
+            )
+    registered = xcom("register_model")
     if registered:
         promoted = "promoted to champion" if registered["promoted"] else "not promoted"
         print(f"\nmodel: {registered['model_name']} version {registered['version']}, {promoted}")
         print(f"   {registered['decision']['reason']}")
         for key, value in sorted(registered["tags"].items()):
             print(f"   {key} = {value}")
-    image = xcoms.get("build_image")
+    image = xcom("build_image")
     if image:
         smoke = image.get("smoke_test") or {}
         print(f"\nimage: {image['image']}")
         if smoke.get("passed"):
             print(f"   smoke test passed: /health {smoke['health']}, {smoke['rows']} rows scored, "
-                  f"max |diff| vs the registered model {smoke['max_abs_diff']:.2g}")
+                  f"max |diff| vs the registered model {smoke['max_abs_diff']:.2g}")  # fmt: skip
         else:
             print(f"   {smoke.get('reason', 'smoke test not run')}")
 
-    if args.exit_code != 0 or str(run.state) != "success":
-        print("\nThe run failed. First error:")
-        for line in error_excerpt(args.log):
-            print(f"   {line}")
-        print(f"Full log: {args.log}")
+    if run["state"] != "success":
+        failed = [ti for ti in tis if ti["state"] in ("failed", "upstream_failed")]
+        if failed:
+            print(f"\nThe run failed at {failed[0]['task_id']}. First error:")
+            print("   " + first_error(client, run_id, failed[0]).replace("\n", "\n   "))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    parser.add_argument("--conf", type=json.loads, default={}, help="run conf (the trigger form's Params), JSON")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to follow the run")
+    args = parser.parse_args(argv)
+
+    airflow = AirflowLocal(args.state_dir)
+    info = airflow.info()
+    client = airflow.client()
+    client.wait_for_dag(DAG_ID)
+    try:
+        started = trigger_latest_interval(client, args.conf)
+    except AirflowApiError as err:
+        print(f"The run was refused (HTTP {err.status}): {err.detail}")
         return 1
-    return 0
+    client.unpause(DAG_ID)
+    run_id = started["dag_run_id"]
+    print(f"== Triggered {run_id} through {info.url}/api/v2 (conf {json.dumps(args.conf)})")
+    run = client.follow(DAG_ID, run_id, on_change=lambda line: print(f"   {line}", flush=True), timeout=args.timeout)
+    print_summary(client, run)
+    print(f"\nAirflow UI: {info.url}/dags/{DAG_ID}/runs/{run_id}")
+    print(f"   log in as {info.username}, password: the value in {info.password_file}")
+    print("   the stack and Airflow keep running for exploring; `make stop` stops both.")
+    return 0 if run["state"] == "success" else 1
 
 
 if __name__ == "__main__":
