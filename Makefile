@@ -14,10 +14,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help install system-deps demo test bench stack stop status clean base-image
 
 help:
-	@echo "make demo    start the local edge stack, seed sample data, run the edge_training DAG"
+	@echo "make demo    start the local edge stack and Airflow, seed sample data, trigger and follow one run"
 	@echo "make test    set up everything the tests need and run them"
 	@echo "make bench   print the performance figures (P1..)"
-	@echo "make status  show the local edge stack;  make stop  stop it"
+	@echo "make status  show the local edge stack and Airflow;  make stop  stop both"
 
 system-deps:
 	@scripts/install_system_deps.sh
@@ -39,10 +39,11 @@ stack: install
 	$(PY) scripts/edge_stack.py start
 
 stop:
+	@$(PY) scripts/airflow_local.py stop
 	@$(PY) scripts/edge_stack.py stop
 
 status:
-	@$(PY) scripts/edge_stack.py status
+	@$(PY) scripts/edge_stack.py status; $(PY) scripts/airflow_local.py status
 
 demo: stack base-image
 	scripts/demo.sh
