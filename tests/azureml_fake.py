@@ -209,7 +209,7 @@ class AzureMLFake:
             if error is not None:
                 self.job_errors[name] = {"code": "UserError", "message": error}
 
-    def add_model_version(self, name: str, version: str, tags: dict, model_uri: str = "") -> None:
+    def add_model_version(self, name: str, version: str, tags: dict, model_uri: str = "azureml://jobs/other/outputs/model") -> None:
         body = {"properties": {"tags": tags, "modelUri": model_uri, "modelType": "custom_model", "properties": {}}}
         self._store_model(name, version, body)
 

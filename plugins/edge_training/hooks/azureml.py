@@ -12,6 +12,7 @@ azure-ai-ml is imported only when a client is built: importing this module costs
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,19 +93,24 @@ class AzureMLHook(AzureBaseHook):
         return Workspace(names["subscriptionId"], names["resource_group_name"], names["workspace_name"])
 
     def get_credential(self, *, conn=None):
-        credential = super().get_credential(conn=conn)
-        if not hasattr(credential, "get_token"):
+        conn = conn or self.get_connection(self.conn_id)
+        # Checked first: without it the provider builds a legacy credential, which azure-ai-ml cannot use (and
+        # the legacy service principal credential already calls Entra ID while being built).
+        if str(conn.extra_dejson.get("use_azure_identity_object", "")).lower() not in ("true", "1"):
             raise AzureMLError(
-                f"Checked connection {self.conn_id!r}: it builds a legacy {type(credential).__name__}, which "
-                "azure-ai-ml cannot use. Add the extra \"use_azure_identity_object\": true to the connection."
+                f"Checked connection {self.conn_id!r} for the extra use_azure_identity_object: it is not true, so "
+                "the Azure provider would build a legacy credential that azure-ai-ml cannot use. Add the extra "
+                "\"use_azure_identity_object\": true to the connection."
             )
-        return credential
+        return super().get_credential(conn=conn)
 
     @cached_property
     def client(self):
         """The ``MLClient`` (built on first use; building it makes no request)."""
         from azure.ai.ml import MLClient
 
+        # azure-core logs every request and response header block at INFO: that would drown the task log.
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         kwargs = {} if self.transport is None else {"transport": self.transport}
         ws = self.workspace
         return MLClient(
@@ -195,7 +201,8 @@ class AzureMLHook(AzureBaseHook):
         return None
 
     def _state(self, job) -> JobState:
-        status = str(getattr(job, "status", None) or "Unknown")
+        status = getattr(job, "status", None) or "Unknown"
+        status = str(getattr(status, "value", status))  # the SDK returns a JobStatus enum for known states
         ws = self.workspace
         return JobState(
             name=job.name,
