@@ -22,17 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from tests._pipeline import FAST_TRAINING, delete_container, isolated_settings, seed_sensor_data
 from tests._residency import RowSignatures, audit, files_under, scan_text
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 TASKS = ("validate_data", "check_edge_vm", "train_on_edge_vm", "register_model")
-# The VM's training env is built once per requirements hash under this dir, shared with the other VM tests.
-VM_WORK_DIR = "~/edge-training-test"
 ROWS_PER_DAY = 1500
-CONF = {"window_days": 3, "training_params": {"n_estimators": 20, "max_depth": 5, "n_jobs": 1}}
+CONF = {"window_days": 3, "training_params": FAST_TRAINING}
 
 
 def _table_dump(db: Path) -> str:
@@ -43,47 +41,28 @@ def _table_dump(db: Path) -> str:
 
 @pytest.fixture(scope="module")
 def audited_run(edge_stack, tmp_path_factory):
-    from azure.storage.blob import ContainerClient
-
     work = tmp_path_factory.mktemp("residency-audit")
     container = f"residency-{uuid.uuid4().hex[:10]}"
-    today = dt.datetime.now(dt.timezone.utc).date()
-    first_day = today - dt.timedelta(days=CONF["window_days"] + 2)
+    partitions = seed_sensor_data(edge_stack.blob_connection_string, container, CONF["window_days"], ROWS_PER_DAY, 23)
     env = {
         **os.environ,
         **edge_stack.airflow_env,
+        **isolated_settings(work, container),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "AIRFLOW_HOME": str(work / "airflow"),
-        "EDGE_BLOB_CONTAINER": container,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
-        "EDGE_MLFLOW_ARTIFACTS_DIR": str(work / "mlflow" / "artifacts"),
-        "EDGE_REPORTS_DIR": str(work / "reports"),
-        "EDGE_ARTIFACTS_DIR": str(work / "artifacts"),
-        "EDGE_VM_WORK_DIR": VM_WORK_DIR,
-        "EDGE_TRAINING_POLL_INTERVAL_S": "2",
-        "EDGE_BLOB_CONNECTION_STRING": edge_stack.blob_connection_string,
     }
-    (work / "mlflow").mkdir()
-    subprocess.run(
-        [sys.executable, str(ROOT / "include/sample_data/generate.py"), "--connection-string-env",
-         "EDGE_BLOB_CONNECTION_STRING", "--container", container, "--start", first_day.isoformat(),
-         "--days", str(CONF["window_days"] + 3), "--rows-per-day", str(ROWS_PER_DAY), "--seed", "23"],
-        env=env, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    client = ContainerClient.from_connection_string(edge_stack.blob_connection_string, container)
-    partitions = [client.download_blob(b.name).readall().decode() for b in client.list_blobs()]
-
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     subprocess.run(
         [AIRFLOW, "pools", "set", "edge_vm", "1", "edge VM", "--include-deferred"],
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+    today = dt.datetime.now(dt.timezone.utc).date()
     run = subprocess.run(
         [AIRFLOW, "dags", "test", "edge_training", f"{today.isoformat()}T02:00:00+00:00", "--conf", json.dumps(CONF)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     yield {"work": work, "run": run, "partitions": partitions}
-    client.delete_container()
+    delete_container(edge_stack.blob_connection_string, container)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,51 @@
+"""Helpers for tests that run the whole pipeline: sample data in a container of its own, isolated local state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The VM's training env is built once per requirements hash under this dir, shared with the other VM tests.
+VM_WORK_DIR = "~/edge-training-test"
+FAST_TRAINING = {"n_estimators": 20, "max_depth": 5, "n_jobs": 1}
+
+
+def seed_sensor_data(blob_connection_string: str, container: str, window_days: int, rows_per_day: int,
+                     seed: int) -> list[str]:  # fmt: skip
+    """Generate days around a manual run's training window (ending today) and return each partition's CSV text."""
+    from azure.storage.blob import ContainerClient
+
+    first_day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=window_days + 2)
+    subprocess.run(
+        [sys.executable, str(ROOT / "include/sample_data/generate.py"), "--connection-string-env",
+         "EDGE_BLOB_CONNECTION_STRING", "--container", container, "--start", first_day.isoformat(),
+         "--days", str(window_days + 3), "--rows-per-day", str(rows_per_day), "--seed", str(seed)],
+        env={**os.environ, "EDGE_BLOB_CONNECTION_STRING": blob_connection_string},
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    client = ContainerClient.from_connection_string(blob_connection_string, container)
+    return [client.download_blob(b.name).readall().decode() for b in client.list_blobs()]
+
+
+def delete_container(blob_connection_string: str, container: str) -> None:
+    from azure.storage.blob import ContainerClient
+
+    ContainerClient.from_connection_string(blob_connection_string, container).delete_container()
+
+
+def isolated_settings(work: Path, container: str) -> dict[str, str]:
+    """Settings that give a run its own data container, MLflow registry, reports and fetched artifacts."""
+    (work / "mlflow").mkdir(parents=True, exist_ok=True)
+    return {
+        "EDGE_BLOB_CONTAINER": container,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
+        "EDGE_MLFLOW_ARTIFACTS_DIR": str(work / "mlflow" / "artifacts"),
+        "EDGE_REPORTS_DIR": str(work / "reports"),
+        "EDGE_ARTIFACTS_DIR": str(work / "artifacts"),
+        "EDGE_VM_WORK_DIR": VM_WORK_DIR,
+        "EDGE_TRAINING_POLL_INTERVAL_S": "2",
+    }
