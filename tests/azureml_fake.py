@@ -99,6 +99,35 @@ def _jwt(claims: dict) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.c2ln"
 
 
+def rewriting_transport(base_url: str):
+    """An azure-core transport that sends every request to ``base_url`` (scheme and host replaced)."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    netloc = urlsplit(base_url).netloc
+
+    class RewritingTransport(RequestsTransport):
+        def send(self, request, **kwargs):
+            original = request.url
+            parts = urlsplit(original)
+            request.url = urlunsplit(("http", netloc, parts.path, parts.query, ""))
+            try:
+                return super().send(request, **kwargs)
+            finally:
+                # azure-core's retry re-runs the https-only bearer policy on this same request object.
+                request.url = original
+
+    return RewritingTransport()
+
+
+def point_sdk_at(base_url: str) -> None:
+    """Make every AzureMLHook in this process talk to the fake at ``base_url`` (for a DAG run in a subprocess)."""
+    from edge_training.hooks.azureml import AzureMLHook
+
+    credential = StaticCredential()
+    AzureMLHook.transport = rewriting_transport(base_url)
+    AzureMLHook.get_credential = lambda self, conn=None: credential
+
+
 class StaticCredential:
     """A token credential returning one bearer token (a JWT with ``tid``, which the SDK decodes)."""
 
@@ -172,22 +201,7 @@ class AzureMLFake:
 
     def transport(self):
         """An azure-core transport sending every request to this fake."""
-        from azure.core.pipeline.transport import RequestsTransport
-
-        netloc = urlsplit(self.base_url).netloc
-
-        class RewritingTransport(RequestsTransport):
-            def send(self, request, **kwargs):
-                original = request.url
-                parts = urlsplit(original)
-                request.url = urlunsplit(("http", netloc, parts.path, parts.query, ""))
-                try:
-                    return super().send(request, **kwargs)
-                finally:
-                    # azure-core's retry re-runs the https-only bearer policy on this same request object.
-                    request.url = original
-
-        return RewritingTransport()
+        return rewriting_transport(self.base_url)
 
     # -- test controls --------------------------------------------------------------------------------------
 
