@@ -225,6 +225,8 @@ def test_data_docs_are_built_on_success(tmp_path):
     summary = run(tmp_path, [source(NAME, csv(rows(10)))])
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
     assert summary["data_docs"].endswith("index.html") and len(pages) == 1
+    assert "dt=2026-11-01__part-0000.csv" in pages[0].name
+    assert [p.name for p in (tmp_path / "docs" / "expectations").glob("*.html")] == ["sensor_readings.html"]
 
 
 def test_fingerprint_changes_when_a_blob_changes(tmp_path):
