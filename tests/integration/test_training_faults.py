@@ -22,23 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import FAST_PARAMS, ROOT, WINDOW_DAYS
+from tests.integration.test_train_on_vm import FakeTI
 
 pytestmark = pytest.mark.integration
 
 GRACE_S = 3
-
-
-class FakeTI:
-    """The parts of a task instance the operator uses: identity and XCom push."""
-
-    def __init__(self, run_id: str) -> None:
-        self.dag_id = "edge_training"
-        self.task_id = "train_on_edge_vm"
-        self.run_id = run_id
-        self.map_index = -1
-
-    def xcom_push(self, key: str, value: object) -> None:
-        pass
 
 
 def make_context(run_id: str) -> dict:
