@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     finally:
         if stack is not None:
             stack.stop()
+            # The throwaway stack holds a copy of all generated data; only the Data Docs are kept.
+            shutil.rmtree(workdir / "stack", ignore_errors=True)
     raw, validation = raws[0], validations[0]
     if raw["rows"] != validation["rows"]:
         sys.exit(f"Raw and validation runs read different row counts: {raw['rows']} vs {validation['rows']}.")
