@@ -181,8 +181,10 @@ def test_second_version_pushes_only_the_model_layer(edge_env, image_env, first, 
     one, two = manifest(first.version), manifest(version)
     assert [layer["digest"] for layer in one["layers"][:-1]] == [layer["digest"] for layer in two["layers"][:-1]]
     assert one["layers"][-1]["digest"] != two["layers"][-1]["digest"]
-    # Only the new model layer and the new image config reached the registry.
-    assert new_blobs == {two["layers"][-1]["digest"].split(":")[1], two["config"]["digest"].split(":")[1]}
+    # Only the new model layer, the new image config and the manifest itself reached the registry.
+    assert new_blobs == {
+        two["layers"][-1]["digest"].split(":")[1], two["config"]["digest"].split(":")[1], result["digest"].split(":")[1]
+    }
     assert result["smoke_test"]["passed"] is True
 
 
