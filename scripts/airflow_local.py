@@ -191,11 +191,17 @@ class AirflowClient:
             time.sleep(1)
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, logical_date: str | None = None,
-                run_id: str | None = None) -> dict:  # fmt: skip
-        """Start a manual run; ``logical_date`` None makes a run without a logical date (it uses run_after)."""
+                run_id: str | None = None, data_interval: tuple[str, str] | None = None) -> dict:  # fmt: skip
+        """Start a manual run; ``logical_date`` None makes a run without a logical date (it uses run_after).
+
+        ``data_interval`` (start, end) sets the run's interval; without it a run with a logical date gets the
+        timetable's manual interval (the one that ends at the logical date).
+        """
         body: dict[str, Any] = {"logical_date": logical_date, "conf": dict(conf or {})}
         if run_id:
             body["dag_run_id"] = run_id
+        if data_interval:
+            body["data_interval_start"], body["data_interval_end"] = data_interval
         return self.request("POST", f"/dags/{dag_id}/dagRuns", body)
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:

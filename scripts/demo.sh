@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-state=.edge-stack
+state="${EDGE_DEMO_STATE_DIR:-.edge-stack}"   # another stack folder (e.g. one started with --free-ports)
 # shellcheck disable=SC1091
 source "$state/airflow.env"
 

@@ -29,17 +29,18 @@ def _parse(ts: str | None) -> datetime | None:
 
 
 def trigger_latest_interval(client: AirflowClient, conf: dict) -> dict:
-    """Trigger a run for the latest complete data interval, or (if that interval already ran) a run with no
-    logical date, whose window ends at its run_after time.
+    """Trigger a run for the scheduler's next data interval when it has already ended, else a run with no logical
+    date (its window ends at its run_after time, as for a run started from the UI).
 
-    Taking the scheduler's next interval means unpausing the DAG does not start a second, scheduled run for it.
+    Taking the scheduler's next interval (same logical date, same interval) means unpausing the DAG does not start
+    a second, scheduled run for it.
     """
     dag = client.dag(DAG_ID)
-    next_end = _parse(dag.get("next_dagrun_data_interval_end"))
+    start, end = dag.get("next_dagrun_data_interval_start"), dag.get("next_dagrun_data_interval_end")
     logical_date = dag.get("next_dagrun_logical_date")
-    if logical_date and next_end and next_end <= datetime.now(timezone.utc):
+    if logical_date and start and end and _parse(end) <= datetime.now(timezone.utc):
         try:
-            return client.trigger(DAG_ID, conf=conf, logical_date=logical_date)
+            return client.trigger(DAG_ID, conf=conf, logical_date=logical_date, data_interval=(start, end))
         except AirflowApiError as err:
             if err.status != 409:  # 409: a run for that interval exists already
                 raise
