@@ -1,11 +1,12 @@
 """A real Airflow (``airflow standalone``: scheduler, dag-processor, api-server, triggerer) on the session's edge stack.
 
-* ``e2e_airflow`` (session): ``scripts.airflow_local.AirflowLocal`` started on a free port with AIRFLOW_HOME in the
+* ``e2e_airflow`` (module): ``scripts.airflow_local.AirflowLocal`` started on a free port with AIRFLOW_HOME in the
   edge stack's temporary state folder, the ``edge_vm`` pool (1 slot, deferred tasks count), short poll intervals,
   3-day training windows, and an edge VM work dir of its own (so job counts belong to this session only; the
   training venv, keyed by its requirements hash, is shared with the integration tests to skip a pip install).
-  Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. Stopped (by pid) at session end.
-* ``api`` (session): a REST client logged in as standalone's generated admin user, ``edge_training`` unpaused.
+  Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. Stopped (by pid) when the module is done,
+  so it never runs beside another test module's Airflow.
+* ``api`` (module): a REST client logged in as standalone's generated admin user, ``edge_training`` unpaused.
 * ``vm_jobs``: the training jobs started on the edge VM in this session, read from their ``job.json``.
 """
 
@@ -56,7 +57,7 @@ def model_versions(tracking_uri: str, model_name: str = "predictive-maintenance"
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
     from azure.storage.blob import BlobServiceClient
 
@@ -103,7 +104,7 @@ def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
         service.delete_container(container)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api(e2e_airflow):
     client = e2e_airflow.airflow.client()
     client.wait_for_dag(DAG_ID)

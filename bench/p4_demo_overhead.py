@@ -1,0 +1,81 @@
+"""P4: wall time of one demo run on the real scheduler ÷ a plain script doing the same steps by hand (target ≤ 1.3).
+
+Scheduler side: what ``make demo`` does once Airflow is up: trigger the run over REST, follow it to its end.
+By-hand side: one fresh Python process runs the same four steps (validate, VM health check, training on the VM
+polled in-process, registration) by calling the same operators one after the other, no Airflow scheduler.
+Data and training as in the demo (20 000 rows a day, 7-day window, the training script's default parameters).
+Each side trains its own window (so neither re-attaches to the other's job); both skip the scoring image.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from _scheduler import DAG_ID, ROOT, interval, logical, scheduler_stack, unpause_and_settle
+
+TARGET = 1.3
+DEMO_ROWS_PER_DAY = 20000
+DEMO_WINDOW_DAYS = 7
+CONF = {"skip_image_build": True}
+
+BY_HAND = r"""
+import sys
+from datetime import datetime
+from types import SimpleNamespace
+
+sys.path[:0] = [{root!r}, {plugins!r}]
+from edge_training.operators.health import EdgeVMHealthCheckOperator
+from edge_training.operators.register import RegisterModelOperator
+from edge_training.operators.train import EdgeVMTrainingOperator
+from edge_training.operators.validate import ValidateTrainingDataOperator
+
+start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in {interval!r})
+run_id = "by_hand__" + start.isoformat()
+ti = SimpleNamespace(dag_id="edge_training", run_id=run_id, map_index=-1, try_number=1, xcom_push=lambda **kw: None)
+context = {{"ti": ti, "run_id": run_id, "data_interval_start": start, "data_interval_end": end,
+           "dag_run": SimpleNamespace(run_after=end)}}
+validation = ValidateTrainingDataOperator(task_id="validate_data", window_days={days}).execute(context)
+EdgeVMHealthCheckOperator(task_id="check_edge_vm").execute(context)
+ti.task_id = "train_on_edge_vm"
+training = EdgeVMTrainingOperator(task_id="train_on_edge_vm", window_days={days}, deferrable=False).execute(context)
+registered = RegisterModelOperator(task_id="register_model", training=training, validation=validation).execute(context)
+print("registered version", registered["version"])
+"""
+
+
+def main() -> int:
+    with scheduler_stack(seed_days=16, rows_per_day=DEMO_ROWS_PER_DAY, window_days=DEMO_WINDOW_DAYS) as bench:
+        unpause_and_settle(bench.client)
+
+        demo_day = bench.today - timedelta(days=4)
+        started = time.perf_counter()
+        run = bench.client.trigger(DAG_ID, conf=CONF, logical_date=logical(demo_day),
+                                   data_interval=interval(demo_day))  # fmt: skip
+        final = bench.client.follow(DAG_ID, run["dag_run_id"], timeout=1800)
+        scheduler_s = time.perf_counter() - started
+        assert final["state"] == "success", f"the demo run ended {final['state']}"
+
+        hand_day = bench.today - timedelta(days=5)
+        script = BY_HAND.format(root=str(ROOT), plugins=str(ROOT / "plugins"), interval=interval(hand_day),
+                                days=DEMO_WINDOW_DAYS)
+        env = {**os.environ, **bench.settings, "AIRFLOW_HOME": str(bench.airflow.home)}
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1800)
+        by_hand_s = time.perf_counter() - started
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    ratio = scheduler_s / by_hand_s
+    print(f"p4_demo_run_s: {scheduler_s:.1f}")
+    print(f"p4_by_hand_s: {by_hand_s:.1f}")
+    print(f"p4_demo_over_by_hand: {ratio:.2f}")
+    print(f"p4_target: {TARGET}")
+    print(f"p4_within_target: {ratio <= TARGET}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
