@@ -116,3 +116,13 @@ def unpause_and_settle(client: AirflowClient) -> float:
     if final["state"] != "success":
         raise RuntimeError(f"run {run['dag_run_id']} ended {final['state']}; see the task logs in {client.url}")
     return time.perf_counter() - started
+
+
+def timed_run(client: AirflowClient, day: date, conf: dict) -> float:
+    """Trigger the run of ``day``'s scheduled interval over REST and follow it; its wall time, trigger to end."""
+    started = time.perf_counter()
+    run = client.trigger(DAG_ID, conf=conf, logical_date=logical(day), data_interval=interval(day))
+    final = client.follow(DAG_ID, run["dag_run_id"], timeout=1800)
+    if final["state"] != "success":
+        raise RuntimeError(f"run {run['dag_run_id']} ended {final['state']}; see the task logs in {client.url}")
+    return time.perf_counter() - started

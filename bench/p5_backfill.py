@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from _scheduler import DAG_ID, FAST_CONF, interval, logical, scheduler_stack, unpause_and_settle, wait_backfill
+from _scheduler import DAG_ID, FAST_CONF, scheduler_stack, timed_run, unpause_and_settle, wait_backfill
 
 WINDOWS = 7
 TARGET = 1.15
@@ -21,12 +21,7 @@ def main() -> int:
         unpause_and_settle(bench.client)
 
         single_day = bench.today - timedelta(days=WINDOWS + 3)
-        started = time.perf_counter()
-        run = bench.client.trigger(DAG_ID, conf=FAST_CONF, logical_date=logical(single_day),
-                                   data_interval=interval(single_day))  # fmt: skip
-        final = bench.client.follow(DAG_ID, run["dag_run_id"], timeout=1800)
-        one_run = time.perf_counter() - started
-        assert final["state"] == "success", f"the single run ended {final['state']}"
+        one_run = timed_run(bench.client, single_day, FAST_CONF)
 
         first, last = bench.today - timedelta(days=WINDOWS + 2), bench.today - timedelta(days=3)
         started = time.perf_counter()

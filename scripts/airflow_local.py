@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,9 +42,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # run as a script: make `scripts.edge_stack` importable
+
+from scripts.edge_stack import HOST, _free_port, _port_in_use, _running, _tail  # noqa: E402
+
 DEFAULT_STATE_DIR = REPO_ROOT / ".edge-stack"
 VENV_BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 ADMIN_USER = "admin"
 POOL_DESCRIPTION = "Concurrent trainings on the edge VM"
@@ -80,25 +83,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             name, value = words[1].split("=", 1)
             values[name] = value
     return values
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log written)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,11 +360,7 @@ class AirflowLocal:
             return None
         if b"standalone" not in cmdline or f"AIRFLOW_HOME={self.home}".encode() not in environ:
             return None
-        try:
-            os.waitpid(pid, os.WNOHANG)  # started by this very process (tests): reap it once it exits
-        except ChildProcessError:
-            pass
-        return pid if Path(f"/proc/{pid}").exists() and not _is_zombie(pid) else None
+        return pid if _running(pid) else None
 
     def info(self) -> AirflowInfo:
         pid = self.pid()
@@ -479,13 +459,6 @@ class AirflowLocal:
                 break
         self.pid_file.unlink(missing_ok=True)
         return True
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _group_alive(pgid: int) -> bool:
