@@ -350,17 +350,22 @@ class AirflowLocal:
         """The standalone's pid if it runs and is ours (command line says standalone, environment our home)."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            for _ in range(20):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                if cmdline != [b""]:
-                    break
-                time.sleep(0.05)  # a process that has just exec'd shows an empty command line for a moment
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        if b"standalone" not in cmdline or f"AIRFLOW_HOME={self.home}".encode() not in environ:
-            return None
-        return pid if _running(pid) else None
+        # A live process can show a blank or partial command line for a moment (just after exec, or while it is
+        # busy): look a few times before deciding it is not ours, or start() would stop a healthy standalone.
+        for _ in range(20):
+            if not _running(pid):
+                return None
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                return None
+            if b"standalone" in cmdline and f"AIRFLOW_HOME={self.home}".encode() in environ:
+                return pid
+            time.sleep(0.1)
+        return None
 
     def info(self) -> AirflowInfo:
         pid = self.pid()
