@@ -61,7 +61,10 @@ def test_edge_worker_serves_the_edge_queue_through_the_api_server_without_a_data
     env = worker["environment"]
     assert env["EDGE_EXECUTOR_TOPOLOGY"] == "edge"
     assert env["AIRFLOW__EDGE__API_URL"].startswith("http://airflow-apiserver:8080/edge_worker/")
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == services["airflow-apiserver"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
+    central = services["airflow-apiserver"]["environment"]
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == central["AIRFLOW__API_AUTH__JWT_SECRET"]
+    # The worker parses the DAG: tasks that name EdgeExecutor only load where the same executors are configured.
+    assert env["AIRFLOW__CORE__EXECUTOR"] == central["AIRFLOW__CORE__EXECUTOR"]
     assert not any("SQL_ALCHEMY_CONN" in key or "BROKER_URL" in key for key in env), "the edge worker needs no DB"
 
 
