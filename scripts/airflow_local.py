@@ -228,9 +228,9 @@ class AirflowClient:
         while True:
             for ti in sorted(self.task_instances(dag_id, run_id), key=lambda t: t.get("start_date") or "~"):
                 state = ti.get("state")
-                if seen.get(ti["task_id"], "") != state:
+                if seen.get(ti["task_id"]) != state:
                     seen[ti["task_id"]] = state
-                    if on_change:
+                    if on_change and state is not None:  # None: not scheduled yet, nothing to report
                         tried = f" (try {ti['try_number']})" if ti.get("try_number", 0) > 1 else ""
                         on_change(f"{time.monotonic() - started:6.1f}s  {ti['task_id']:<20} {state}{tried}")
             run = self.dag_run(dag_id, run_id)
