@@ -41,7 +41,8 @@ if [ ! -s "$tarball" ]; then
   echo "== mmdebstrap: Debian $suite + python3 -> $tarball"
   start=$SECONDS
   # No docs, man pages or translations: nobody reads them in a scoring image.
-  mmdebstrap --quiet --variant=minbase --include=python3 \
+  # --format: the .partial suffix would otherwise make mmdebstrap write a directory, not a tarball.
+  mmdebstrap --quiet --format=tar --variant=minbase --include=python3 \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     "$suite" "$tarball.partial" ${EDGE_BASE_IMAGE_MIRROR:+"$EDGE_BASE_IMAGE_MIRROR"}
