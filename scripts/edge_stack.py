@@ -697,8 +697,22 @@ class EdgeStack:
         with socket.create_connection((HOST, port), timeout=2) as sock:
             return sock.recv(64).startswith(b"SSH-2.0-")
 
-    def _create_container(self, port: int) -> None:
-        """Create the blob container (Shared Key signed REST call: keeps this script free of the Azure SDK)."""
+    def _create_container(self, port: int, attempts: int = 10) -> None:
+        """Create the blob container (Shared Key signed REST call: keeps this script free of the Azure SDK).
+
+        Azurite can answer 404 for a moment after its port opens, while it loads its metadata: retried briefly.
+        """
+        for _ in range(attempts):
+            status = self._put_container(port)
+            if status in (201, 409):  # 409: the container already exists.
+                return
+            time.sleep(1.0)
+        raise EdgeStackError(
+            f"Creating blob container {BLOB_CONTAINER!r} on {HOST}:{port} answered HTTP {status} "
+            f"(expected 201 or 409) {attempts} times in a row. See {self.log_file('blob')} and restart the stack."
+        )
+
+    def _put_container(self, port: int) -> int:
         date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
         version = "2021-12-02"
         # Path-style emulator URLs repeat the account name: /<account>/<account>/<container>.
@@ -722,12 +736,8 @@ class EdgeStack:
                 "Authorization": f"SharedKey {AZURITE_ACCOUNT}:{signature}",
             },
         )
-        status = _http_status_of(request)
-        if status not in (201, 409):  # 409: the container already exists.
-            raise EdgeStackError(
-                f"Creating blob container {BLOB_CONTAINER!r} on {HOST}:{port} answered HTTP {status} "
-                f"(expected 201 or 409). See {self.log_file('blob')} and restart the stack."
-            )
+        return _http_status_of(request)
+
 
 def registry_basic_auth(user: str, password: str) -> dict[str, str]:
     """HTTP headers for basic auth against the local registry."""
