@@ -5,8 +5,10 @@ Pure logic (no Airflow import): the operators pass in the values they read from 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,22 @@ def training_window(
     del data_interval_start  # the window is anchored on the interval end only
     end = _utc_date(end_moment)
     return TrainingWindow(start=end - timedelta(days=days), end=end)
+
+
+def run_window(context: Mapping[str, Any], days: int | str, window_end: date | str | None = None) -> TrainingWindow:
+    """The training window of the DAG run a task is running in, from the task's context.
+
+    :param context: the task context (``data_interval_start``/``data_interval_end``, ``dag_run.run_after``).
+    :param days: window length; a rendered template may give it as text.
+    :param window_end: the run's ``window_end`` override, if any.
+    """
+    return training_window(
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+        getattr(context.get("dag_run"), "run_after", None),
+        int(days),
+        window_end,
+    )
 
 
 def parse_window_end(value: date | str | None) -> date | None:

@@ -91,3 +91,16 @@ def test_window_end_accepts_dates_and_datetimes():
 def test_bad_window_end_names_the_field_and_value():
     with pytest.raises(ValueError, match=r"window_end.*'2026-02-30'"):
         training_window(None, datetime(2026, 11, 20, tzinfo=UTC), None, days=2, window_end="2026-02-30")
+
+
+def test_run_window_reads_the_task_context():
+    from types import SimpleNamespace
+
+    from edge_training.window import run_window
+
+    interval_end = datetime(2026, 11, 8, 2, tzinfo=timezone.utc)
+    scheduled = {"data_interval_start": interval_end - timedelta(days=1), "data_interval_end": interval_end}
+    assert run_window(scheduled, "7").label == "2026-11-01..2026-11-08"
+    manual = {"data_interval_start": None, "data_interval_end": None, "dag_run": SimpleNamespace(run_after=interval_end)}
+    assert run_window(manual, 2).label == "2026-11-06..2026-11-08"
+    assert run_window(manual, 2, "2026-10-01").label == "2026-09-29..2026-10-01"

@@ -20,7 +20,7 @@ from edge_training import azureml_naming as naming
 from edge_training import config, remote_job
 from edge_training.exceptions import AzureMLError, EdgeTrainingError
 from edge_training.triggers.azureml_job import AzureMLJobTrigger
-from edge_training.window import training_window
+from edge_training.window import run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -203,13 +203,7 @@ class AzureMLTrainingOperator(BaseOperator):
         from azure.ai.ml.entities import Environment
 
         ti = context["ti"]
-        window = training_window(
-            context.get("data_interval_start"),
-            context.get("data_interval_end"),
-            getattr(context.get("dag_run"), "run_after", None),
-            int(self.window_days),
-            self.window_end,
-        )
+        window = run_window(context, self.window_days, self.window_end)
         params = self.training_params
         if isinstance(params, str):
             params = json.loads(params) if params.strip() else {}

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from edge_training import config, remote_job
 from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError, EdgeVMUnreachableError
 from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
-from edge_training.window import training_window
+from edge_training.window import run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -216,13 +216,7 @@ class EdgeVMTrainingOperator(BaseOperator):
     def _submit(self, context: Context, job: str) -> remote_job.JobStatus:
         base = self._resolve_base()
         layout = remote_job.RemoteLayout(base)
-        window = training_window(
-            context.get("data_interval_start"),
-            context.get("data_interval_end"),
-            getattr(context.get("dag_run"), "run_after", None),
-            int(self.window_days),
-            self.window_end,
-        )
+        window = run_window(context, self.window_days, self.window_end)
         params = self.training_params
         if isinstance(params, str):
             params = json.loads(params) if params.strip() else {}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from edge_training import config
-from edge_training.window import TrainingWindow, training_window
+from edge_training.window import run_window
 
 if TYPE_CHECKING:
     from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
@@ -79,21 +79,10 @@ class ValidateTrainingDataOperator(BaseOperator):
 
         return WasbHook(wasb_conn_id=self.wasb_conn_id)
 
-    def window_from_context(self, context: Context) -> TrainingWindow:
-        """The training window of the running DAG run (manual runs without a data interval use run_after)."""
-        dag_run = context.get("dag_run")
-        return training_window(
-            context.get("data_interval_start"),
-            context.get("data_interval_end"),
-            getattr(dag_run, "run_after", None),
-            int(self.window_days),
-            self.window_end,
-        )
-
     def execute(self, context: Context) -> dict:
         from edge_training.validation import blob_partitions, validate_partitions
 
-        window = self.window_from_context(context)
+        window = run_window(context, self.window_days, self.window_end)
         docs_dir = docs_dir_for_run(self.reports_dir, self.dag_id, context["run_id"])
         container_client = self.hook.get_conn().get_container_client(self.container)
         partitions = blob_partitions(container_client, window)
