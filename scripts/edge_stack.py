@@ -117,12 +117,21 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def _read_cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
+def _read_cmdline(pid: int, settle_s: float = 2.0) -> str:
+    """The command line of ``pid``, or "" when there is no such process.
+
+    A process that is between fork and exec (``#!/usr/bin/env node`` execs twice) shows an empty command line for
+    a moment: a live process with an empty one is read again until it settles.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return ""
+        if raw or not _running(pid) or time.monotonic() > deadline:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:
