@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.edge_stack import AZURITE_KEY
 from edge_training.health import (
     HealthThresholds,
     blob_endpoint_from_connection_string,
@@ -217,9 +218,6 @@ def test_script_runs_under_sh_and_reports_an_unreachable_endpoint(tmp_path):
     verdict = evaluate_health(report, LIMITS, report["epoch"])
     # Other checks depend on the machine running the test (its load, for one); this one does not.
     assert "blob_endpoint" in failed_checks(verdict)
-
-
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 @pytest.mark.parametrize(
