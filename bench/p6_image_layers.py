@@ -23,7 +23,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
 def main() -> int:
     from scripts.edge_stack import EdgeStack
-    from tests.integration.test_image_build import BASE_IMAGE, MODEL, registry_blobs, write_model
+    from tests._models import write_model
+    from tests.integration.test_image_build import BASE_IMAGE, MODEL, registry_blobs
 
     with tempfile.TemporaryDirectory(prefix="p6-") as scratch:
         scratch = Path(scratch)

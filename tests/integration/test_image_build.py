@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from edge_training.exceptions import ImageRegistryAuthError, ImageRegistryUnavailableError
@@ -23,32 +22,14 @@ from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.registry import RegisteredModelVersion, get_model_registry
 from edge_training.retry import FAIL_AT_ONCE
 from scripts.edge_stack import registry_basic_auth
+from tests._models import FEATURES, write_model
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "edge-image-test"
-FEATURES = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct", "power_kw"]
 BASE_IMAGE = "localhost/edge-python-base:bookworm"
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-
-
-def write_model(folder: Path, seed: int, trees: int = 20) -> Path:
-    """A real RandomForest exported like include/training/train.py does (probabilities tensor, features metadata)."""
-    import onnx
-    from skl2onnx import to_onnx
-    from sklearn.ensemble import RandomForestClassifier
-
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(2000, len(FEATURES))).astype(np.float32) * [10, 2, 1, 300, 15, 5] + [70, 3, 5, 1500, 40, 10]
-    y = ((x[:, 0] > 75) & (x[:, 1] > 3) | (rng.random(2000) < 0.05)).astype(int)
-    clf = RandomForestClassifier(n_estimators=trees, max_depth=8, random_state=seed).fit(x.astype(np.float32), y)
-    onx = to_onnx(clf, x[:1].astype(np.float32), options={id(clf): {"zipmap": False}})
-    onnx.helper.set_model_props(onx, {"features": json.dumps(FEATURES), "label": "failure_within_24h"})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.onnx").write_bytes(onx.SerializeToString())
-    (folder / "metrics.json").write_text(json.dumps({"metrics": {"roc_auc": 0.9}, "features": FEATURES}))
-    return folder
 
 
 def register(tmp: Path, seed: int, key: str) -> str:

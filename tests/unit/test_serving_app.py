@@ -18,7 +18,7 @@ APP = Path(__file__).resolve().parents[2] / "include" / "serving" / "app.py"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.integration.test_image_build import FEATURES, write_model
+    from tests._models import FEATURES, write_model
 
     spec = importlib.util.spec_from_file_location("scoring_app", APP)
     app = importlib.util.module_from_spec(spec)
