@@ -190,6 +190,13 @@ echo "training env built: $env_dir"
 """
 
 
+def parse_training_params(value: Mapping[str, Any] | str | None) -> dict:
+    """The training hyperparameters as a dict: a rendered template may hand them over as JSON text."""
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else {}
+    return dict(value or {})
+
+
 def training_args(
     container: str,
     start: str,

@@ -394,3 +394,11 @@ def test_blob_connection_string_from_sas_and_refusal_without_credentials():
     with pytest.raises(rj.EdgeTrainingError, match="needs its own credentials") as err:
         rj.blob_connection_string(None, "secret-key", None, {"sas_token": "sig"})
     assert "secret-key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [({"max_depth": 6}, {"max_depth": 6}), ('{"n_estimators": 50}', {"n_estimators": 50}), ("", {}), (None, {})],
+)
+def test_training_params_arrive_as_a_dict(value, expected):
+    assert rj.parse_training_params(value) == expected

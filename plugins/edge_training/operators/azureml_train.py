@@ -204,9 +204,7 @@ class AzureMLTrainingOperator(BaseOperator):
 
         ti = context["ti"]
         window = run_window(context, self.window_days, self.window_end)
-        params = self.training_params
-        if isinstance(params, str):
-            params = json.loads(params) if params.strip() else {}
+        params = remote_job.parse_training_params(self.training_params)
         files = remote_job.collect_code(self.code_dir)
         if "train.py" not in files:
             raise EdgeTrainingError(

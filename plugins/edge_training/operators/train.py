@@ -217,9 +217,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         base = self._resolve_base()
         layout = remote_job.RemoteLayout(base)
         window = run_window(context, self.window_days, self.window_end)
-        params = self.training_params
-        if isinstance(params, str):
-            params = json.loads(params) if params.strip() else {}
+        params = remote_job.parse_training_params(self.training_params)
 
         code_version = self._ship_code(base)
         req_text = (self.code_dir / "requirements.txt").read_text()
