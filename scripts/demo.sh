@@ -5,6 +5,7 @@
 # Airflow and the stack keep running afterwards (UI URL and login are printed); `make stop` stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"   # the project's Python and airflow, also when run without make
 
 state="${EDGE_DEMO_STATE_DIR:-.edge-stack}"   # another stack folder (e.g. one started with --free-ports)
 # shellcheck disable=SC1091
