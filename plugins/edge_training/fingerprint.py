@@ -1,21 +1,27 @@
-"""A stable fingerprint of the exact blobs a model was trained on (recorded as lineage on the model)."""
+"""The data-blob rule and the fingerprint of the exact blobs a model was trained on (recorded as lineage).
+
+Both live in ``include/training/blob_manifest.py``, which ships to the edge VM with the training code: loading it
+from there keeps one rule and one fingerprint scheme for validation (here) and training (on the VM).
+"""
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 from collections.abc import Iterable
+
+from edge_training import config
+
+_spec = importlib.util.spec_from_file_location("edge_blob_manifest", config.INCLUDE_DIR / "training" / "blob_manifest.py")
+assert _spec is not None and _spec.loader is not None
+blob_manifest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(blob_manifest)
+
+is_data_blob = blob_manifest.is_data_blob
 
 
 def data_fingerprint(blobs: Iterable[tuple[str, str, int]]) -> str:
     """``sha256:<hex>`` over (blob name, etag or MD5, size) of every blob, independent of their order.
 
-    Any rewritten, added or removed blob changes the fingerprint; listing order does not.
-
     :param blobs: ``(name, etag_or_md5, size)`` per blob.
     """
-    lines = sorted(f"{name}\t{etag}\t{int(size)}" for name, etag, size in blobs)
-    digest = hashlib.sha256()
-    for line in lines:
-        digest.update(line.encode("utf-8"))
-        digest.update(b"\n")
-    return f"sha256:{digest.hexdigest()}"
+    return blob_manifest.data_fingerprint({"name": n, "etag": v, "size": s} for n, v, s in blobs)
