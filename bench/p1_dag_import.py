@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from _target import Figure, report
+
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 7
 TARGET = 1.10
@@ -31,7 +33,7 @@ def wall_time(code: str) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main() -> int:
     wall_time(DAG_IMPORT)  # warm the OS page cache and .pyc files for both sides
     baseline, dag = [], []
     for _ in range(REPEATS):
@@ -40,8 +42,8 @@ def main() -> None:
     b, d = statistics.median(baseline), statistics.median(dag)
     print(f"P1 import_airflow_sdk_s: {b:.3f}")
     print(f"P1 import_dag_file_s: {d:.3f}")
-    print(f"P1 dag_import_ratio: {d / b:.3f} (target <= {TARGET})")
+    return report(Figure("P1 dag_import_ratio", d / b, TARGET))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

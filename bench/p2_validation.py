@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _target import Figure, report
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
@@ -176,9 +178,10 @@ def main(argv=None) -> int:
         f"validation:           {validation_s:.1f} s ({mb / validation_s:.0f} MB/s), "
         f"peak RSS {peak_mb:.0f} MB; Data Docs in {workdir / 'docs'}"
     )
-    print(f"P2 validation_vs_raw_time_ratio: {validation_s / raw_s:.2f} (target <= 2.0)")
-    print(f"P2 validation_peak_rss_mb: {peak_mb:.0f} (target <= 512)")
-    return 0
+    return report(
+        Figure("P2 validation_vs_raw_time_ratio", validation_s / raw_s, 2.0, fmt=".2f"),
+        Figure("P2 validation_peak_rss_mb", peak_mb, 512, fmt=".0f"),
+    )
 
 
 if __name__ == "__main__":

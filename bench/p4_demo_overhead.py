@@ -18,6 +18,7 @@ import time
 from datetime import timedelta
 
 from _scheduler import ROOT, interval, scheduler_stack, timed_run, unpause_and_settle
+from _target import Figure, report
 
 TARGET = 1.3
 REPEATS = 3
@@ -73,10 +74,7 @@ def main() -> int:
     ratio = scheduler_s / by_hand_s
     print(f"p4_demo_run_s: {scheduler_s:.1f} (median of {', '.join(f'{t:.1f}' for t in demo_s)})")
     print(f"p4_by_hand_s: {by_hand_s:.1f} (median of {', '.join(f'{t:.1f}' for t in hand_s)})")
-    print(f"p4_demo_over_by_hand: {ratio:.2f}")
-    print(f"p4_target: {TARGET}")
-    print(f"p4_within_target: {ratio <= TARGET}")
-    return 0
+    return report(Figure("p4_demo_over_by_hand", ratio, TARGET, fmt=".2f"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 from _scheduler import DAG_ID, FAST_CONF, scheduler_stack, timed_run, unpause_and_settle, wait_backfill
+from _target import Figure, report
 
 WINDOWS = 7
 TARGET = 1.15
@@ -35,10 +36,7 @@ def main() -> int:
     ratio = backfill_s / (WINDOWS * one_run)
     print(f"p5_one_run_s: {one_run:.1f}")
     print(f"p5_backfill_{WINDOWS}_windows_s: {backfill_s:.1f}")
-    print(f"p5_backfill_per_window_ratio: {ratio:.2f}")
-    print(f"p5_target: {TARGET}")
-    print(f"p5_within_target: {ratio <= TARGET}")
-    return 0
+    return report(Figure("p5_backfill_per_window_ratio", ratio, TARGET, fmt=".2f"))
 
 
 if __name__ == "__main__":

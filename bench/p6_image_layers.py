@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from _target import Figure, report
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
@@ -66,10 +68,9 @@ def main() -> int:
             print(f"P6 first_version_pushed_bytes: {results[0][1]} ({seconds[0]:.0f} s build+smoke+push)")
             print(f"P6 second_version_pushed_bytes: {pushed} ({seconds[1]:.0f} s build+smoke+push)")
             print(f"P6 model_layer_bytes: {model_layer}")
-            print(f"P6 second_version_pushed_bytes_ratio: {pushed / model_layer:.3f} (target <= 1.1)")
+            return report(Figure("P6 second_version_pushed_bytes_ratio", pushed / model_layer, 1.1))
         finally:
             stack.stop()
-    return 0
 
 
 if __name__ == "__main__":
