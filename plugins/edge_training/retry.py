@@ -14,7 +14,7 @@ from edge_training import exceptions as errors
 FAIL_AT_ONCE = {
     errors.DataValidationError: "data failed validation; fix the data and re-run",
     errors.EdgeVMHostKeyMismatchError: "edge VM host key does not match the pinned key",
-    errors.EdgeVMConfigError: "edge VM connection is misconfigured (no pinned host key)",
+    errors.EdgeVMConfigError: "edge VM connection is misconfigured (host key not pinned, malformed, or checking turned off)",
     errors.EdgeVMAuthError: "edge VM refused the SSH credentials",
     errors.PromotionMetricError: "the promotion metric is missing from the training metrics",
     errors.AzureMLAuthError: "Azure ML refused the credentials or denied the action",

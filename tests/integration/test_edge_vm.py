@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +24,7 @@ from edge_training.exceptions import (
     EdgeVMUnreachableError,
 )
 from edge_training.health import HealthThresholds
+from edge_training.retry import EDGE_RETRY_POLICY
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +298,189 @@ def test_sftp_round_trip(edge_env, tmp_path, remote_dir):
 
 def test_host_key_fingerprint_is_that_of_the_pinned_key(edge_env, tmp_path):
     assert _hook().host_key_fingerprint() == _fingerprint(edge_env.ssh_host_key, tmp_path)
+
+
+# -- only the pinned host key is trusted ------------------------------------------------------------------------
+
+
+def _fails_at_once(error: BaseException) -> bool:
+    from airflow.sdk import RetryAction
+
+    return EDGE_RETRY_POLICY.evaluate(error, 1, 4, {}).action == RetryAction.FAIL
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"sshd exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"sshd did not listen on {port}: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def rekeyed_vm(edge_stack, tmp_path):
+    """The edge VM after its host key was regenerated: its sshd config, user and authorized key, a new host key.
+
+    Served by a second sshd on a port of its own, so the stack's sshd (and its pinned key) keeps serving the other
+    tests. Yields ``(port, new host key line)``.
+    """
+    key = _new_key(tmp_path, "regenerated_host_ed25519_key")
+    port = _closed_port()
+    kept = [
+        line
+        for line in (edge_stack.state_dir / "ssh" / "sshd_config").read_text().splitlines()
+        if line.split(maxsplit=1)[:1] not in (["Port"], ["HostKey"], ["PidFile"])
+    ]
+    config = tmp_path / "sshd_config"
+    config.write_text("\n".join([f"Port {port}", f"HostKey {key}", f"PidFile {tmp_path / 'sshd.pid'}", *kept]) + "\n")
+    log = tmp_path / "sshd.log"
+    sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(log)])
+    try:
+        _wait_for_port(port, sshd, log)
+        yield port, " ".join(key.with_suffix(".pub").read_text().split()[:2])
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_home(tmp_path, monkeypatch):
+    """An empty home directory for the Airflow worker (``~/.ssh`` of its own), set as ``HOME`` for the test."""
+    home = tmp_path / "worker-home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_a_known_hosts_entry_for_a_regenerated_host_key_is_not_trusted(edge_env, monkeypatch, tmp_path,
+                                                                        rekeyed_vm, worker_home):  # fmt: skip
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+    port, new_key = rekeyed_vm
+    known_hosts = worker_home / ".ssh" / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {new_key}\n")
+    # The pin stays the VM's old key: only the address changed to where the regenerated key is served.
+    _set_vm_conn(monkeypatch, {**_vm_conn(edge_env), "port": port})
+    # The provider's hook trusts the known_hosts entry over the pin: that is the hole being closed.
+    baseline = SSHHook(ssh_conn_id="edge_vm")
+    assert baseline.get_conn().get_transport().is_active()
+    baseline.get_conn().close()
+
+    with pytest.raises(EdgeVMHostKeyMismatchError) as err:
+        _health_check().execute(context={})
+
+    message = str(err.value)
+    assert f"127.0.0.1:{port}" in message
+    assert f"expected ssh-ed25519 {_fingerprint(edge_env.ssh_host_key, tmp_path)}" in message
+    assert f"presented ssh-ed25519 {_fingerprint(new_key, tmp_path)}" in message
+    assert _fails_at_once(err.value), "a host key mismatch must fail the task at try 1, not be retried"
+    assert known_hosts.read_text() == f"[127.0.0.1]:{port} {new_key}\n", "nothing is written to known_hosts"
+
+
+def test_the_regenerated_key_is_trusted_once_it_is_pinned(edge_env, monkeypatch, tmp_path, rekeyed_vm):
+    port, new_key = rekeyed_vm
+    conn = _vm_conn(edge_env)
+    _set_vm_conn(monkeypatch, {**conn, "port": port, "extra": {**conn["extra"], "host_key": new_key}})
+
+    with _hook() as hook:
+        assert hook.run("echo ok").stdout == "ok\n"
+        assert hook.presented_host_key_fingerprint() == _fingerprint(new_key, tmp_path)
+
+
+def test_ssh_config_of_the_worker_takes_no_part(edge_env, worker_home, tmp_path):
+    marker = tmp_path / "proxy-command-ran"
+    (worker_home / ".ssh" / "config").write_text(
+        "Host 127.0.0.1\n"
+        f"  ProxyCommand sh -c 'touch {marker}; exit 1'\n"
+        f"  IdentityFile {tmp_path / 'no-such-key'}\n"
+    )
+
+    with _hook() as hook:
+        assert hook.run("echo ok").stdout == "ok\n"
+
+    assert not marker.exists(), "the ProxyCommand of ~/.ssh/config was run"
+
+
+def test_agent_and_home_keys_do_not_stand_in_for_the_connection_key(edge_env, monkeypatch, worker_home, tmp_path):
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+    # The key the VM accepts sits in ~/.ssh and in a running agent; the connection holds a key the VM does not know.
+    shutil.copy(edge_env.ssh_private_key_path, worker_home / ".ssh" / "id_ed25519")
+    os.chmod(worker_home / ".ssh" / "id_ed25519", 0o600)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(edge_env.ssh_private_key_path)], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        conn = _vm_conn(edge_env)
+        stranger = _new_key(tmp_path, "stranger")
+        _set_vm_conn(monkeypatch, {**conn, "extra": {**conn["extra"], "private_key": stranger.read_text()}})
+        # The provider's hook logs in with the agent's or ~/.ssh's key instead: what must not happen here.
+        baseline = SSHHook(ssh_conn_id="edge_vm")
+        assert baseline.get_conn().get_transport().is_authenticated()
+        baseline.get_conn().close()
+
+        with pytest.raises(EdgeVMAuthError) as err:
+            _hook().run("true")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+    assert _fails_at_once(err.value)
+
+
+def test_presented_host_key_is_the_one_the_vm_holds(edge_env, tmp_path, remote_dir):
+    served = (edge_env.state_dir / "ssh" / "host_ed25519_key.pub").read_text().strip()
+
+    result = _health_check(work_dir=f"~/{remote_dir}").execute(context={})
+    with _hook() as hook:
+        presented = hook.presented_host_key_fingerprint()
+
+    assert presented == result["host_key_fingerprint"] == _fingerprint(served, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("pin", "problem"),
+    [
+        ("bare-base64", "not a key type followed by key data"),
+        ("garbage", "its key type is not one of"),
+        ("ssh-ed25519 not*base64", "not a base64 ssh-ed25519 public key"),
+        ("ssh-rsa of-the-ed25519-key", "not a base64 ssh-rsa public key"),
+        ("truncated", "truncated"),
+        ("with-host-name", "starts with a host name"),
+        ("private-key", "its key type is not one of"),
+    ],
+)
+def test_malformed_pin_is_a_configuration_error_at_once(edge_env, monkeypatch, tmp_path, pin, problem):
+    key_type, data = edge_env.ssh_host_key.split()
+    private = edge_env.ssh_private_key_path.read_text()
+    value = {
+        "bare-base64": data,
+        "garbage": "not a host key",
+        "ssh-ed25519 not*base64": "ssh-ed25519 not*base64",
+        "ssh-rsa of-the-ed25519-key": f"ssh-rsa {data}",
+        "truncated": f"{key_type} {data[:-8]}",
+        "with-host-name": f"[127.0.0.1]:{edge_env.ssh_port} {key_type} {data}",
+        "private-key": private,
+    }[pin]
+    conn = _vm_conn(edge_env)
+    _set_vm_conn(monkeypatch, {**conn, "extra": {**conn["extra"], "host_key": value}})
+
+    with pytest.raises(EdgeVMConfigError) as err:
+        _health_check().execute(context={})
+
+    message = str(err.value)
+    assert "Connection 'edge_vm'" in message and "malformed 'host_key' extra" in message
+    assert problem in message
+    assert "'<key type> <base64 key data>'" in message and "ssh-keyscan" in message
+    assert value not in message and private.splitlines()[1] not in message, "the pinned value is not echoed"
+    assert _fails_at_once(err.value)

@@ -1,10 +1,12 @@
 """SSH and SFTP to the edge VM, with a pinned host key and errors that say what to fix.
 
-``EdgeVMHook`` is the provider's ``SSHHook`` with three changes that matter for a VM that trains next to
+``EdgeVMHook`` is the provider's ``SSHHook`` with four changes that matter for a VM that trains next to
 regulated data:
 
-* it refuses a connection that does not pin the VM's host key (``host_key`` extra) or that turns host key
-  checking off, because the VM receives code and credentials;
+* it refuses a connection that does not pin the VM's host key (``host_key`` extra), pins a malformed one, or
+  turns host key checking off, because the VM receives code and credentials;
+* the pinned key is the only key it trusts: no system or user ``known_hosts``, no SSH agent, no key files found
+  in ``~/.ssh``, no ``~/.ssh/config`` (``ProxyCommand``, ``IdentityFile``) take part in the connection;
 * paramiko and socket failures become ``EdgeVMHostKeyMismatchError``, ``EdgeVMAuthError`` or
   ``EdgeVMUnreachableError``, so the retry policy can fail fast on the first two and retry the third;
 * ``run`` neither logs command output (it may contain data) nor raises on a non-zero exit status.
@@ -15,6 +17,7 @@ Secrets for the remote side go through ``run(..., input=...)`` or ``put_bytes``:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import selectors
 import socket
@@ -27,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 from airflow.providers.ssh.hooks.ssh import SSHHook
+from paramiko.config import SSH_PORT
 
 from edge_training.exceptions import (
     EdgeTrainingError,
@@ -51,6 +55,56 @@ def key_fingerprint(key: paramiko.PKey) -> str:
     """Return the OpenSSH-style fingerprint (``SHA256:...``) of a public key, as ``ssh-keygen -lf`` prints it."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+HOST_KEY_FORM = (
+    "one line '<key type> <base64 key data>', as `ssh-keyscan -p PORT HOST` prints it without the host name, "
+    "e.g. 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...'"
+)
+
+
+def parse_host_key(line: str) -> paramiko.PKey:
+    """
+    Parse a pinned host key line (``<key type> <base64 key data> [comment]``) into a public key.
+
+    Stricter than ``SSHHook``: the key type must be given and supported, the data must be base64 that encodes
+    exactly one key of that type. The message of the ``ValueError`` never repeats the value (a private key pasted
+    into the wrong field must not reach a log).
+
+    :param line: the ``host_key`` extra of the connection.
+    :raises ValueError: the line is not of that form; the message says what is wrong with it.
+    """
+    parts = line.split()
+    types = SSHHook._host_key_mappings
+    if len(parts) >= 3 and parts[0] not in types and parts[1] in types:
+        raise ValueError("it starts with a host name; keep only the key type and the key data")
+    if len(parts) < 2:
+        raise ValueError(
+            f"it has {len(parts)} field(s), not a key type followed by key data (bare base64 lacks the key type)"
+        )
+    key_type, data = parts[:2]
+    constructor = types.get(key_type)
+    if constructor is None:
+        raise ValueError(f"its key type is not one of {', '.join(sorted(types))}")
+    try:
+        blob = base64.b64decode(data, validate=True)
+        key = constructor(data=blob)
+    except (binascii.Error, ValueError, paramiko.SSHException) as err:
+        raise ValueError(f"its key data is not a base64 {key_type} public key ({type(err).__name__})") from None
+    if key.asbytes() != blob or (key_type != "ssh-ecdsa" and key.get_name() != key_type):
+        raise ValueError(f"its key data is truncated or is not a {key_type} public key")
+    return key
+
+
+class _PinnedKeyOnly(paramiko.MissingHostKeyPolicy):
+    """Refuse any host key but the pinned one, reporting it as a mismatch (not as an unknown host)."""
+
+    def __init__(self, pinned: paramiko.PKey) -> None:
+        self.pinned = pinned
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        # Reached when the server offers a key of another type than the pin: that is a different key, too.
+        raise paramiko.BadHostKeyException(hostname, key, self.pinned)
 
 
 def _sftp_path(remote_path: str) -> str:
@@ -90,6 +144,19 @@ class EdgeVMHook(SSHHook):
         connect_attempts: int = 3,
         connect_retry_wait: float = 2.0,
     ) -> None:
+        # Checked before SSHHook parses it: SSHHook takes bare base64 for an RSA key and fails obscurely (or not at
+        # all, for truncated data) on a malformed line, which would surface as a retried SSH error.
+        extra = self.get_connection(ssh_conn_id).extra_dejson or {}
+        pinned = None
+        if extra.get("host_key") is not None:
+            try:
+                pinned = parse_host_key(str(extra["host_key"]))
+            except ValueError as err:
+                raise EdgeVMConfigError(
+                    f"Connection {ssh_conn_id!r} for the edge VM has a malformed 'host_key' extra: {err}. Expected "
+                    f"{HOST_KEY_FORM}; check the fingerprint against the VM's own "
+                    "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` before trusting it."
+                ) from None
         try:
             super().__init__(
                 ssh_conn_id=ssh_conn_id,
@@ -120,6 +187,10 @@ class EdgeVMHook(SSHHook):
                 "('ssh-ed25519 AAAA...'); check it against the VM's own "
                 "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` before trusting it."
             )
+        self.host_key = pinned
+        # SSHHook takes a ProxyCommand and an IdentityFile from ~/.ssh/config; only the connection counts here.
+        self.host_proxy_cmd = None
+        self.key_file = extra.get("key_file")
         self.connect_attempts = max(1, connect_attempts)
         self.connect_retry_wait = connect_retry_wait
         self._sftp: paramiko.SFTPClient | None = None
@@ -131,10 +202,26 @@ class EdgeVMHook(SSHHook):
         """``host:port`` of the edge VM, for messages."""
         return f"{self.remote_host}:{self.port}"
 
+    @property
+    def known_hosts_name(self) -> str:
+        """The name the pinned key is recorded under, as OpenSSH writes it (``[host]:port`` off port 22)."""
+        return self.remote_host if self.port == SSH_PORT else f"[{self.remote_host}]:{self.port}"
+
     def host_key_fingerprint(self) -> str:
         """Return the ``SHA256:...`` fingerprint of the pinned host key."""
         assert self.host_key is not None  # guaranteed by __init__
         return key_fingerprint(self.host_key)
+
+    def presented_host_key_fingerprint(self) -> str:
+        """Return the ``SHA256:...`` fingerprint of the host key the VM presented on the open connection.
+
+        This is what lineage records: the key that was actually verified, read from the SSH transport, not the
+        configuration. Connects if no connection is open.
+        """
+        transport = self.get_conn().get_transport()
+        if transport is None:
+            raise EdgeVMUnreachableError(f"The SSH connection to edge VM {self.address} closed before it was used.")
+        return key_fingerprint(transport.get_remote_server_key())
 
     @contextmanager
     def _translated_errors(self, doing: str) -> Iterator[None]:
@@ -151,19 +238,13 @@ class EdgeVMHook(SSHHook):
         except paramiko.BadHostKeyException as err:
             expected = key_fingerprint(err.expected_key)
             presented = key_fingerprint(err.key)
-            if presented == self.host_key_fingerprint():
-                # The VM showed the pinned key, so the conflicting entry came from the worker's known_hosts.
-                advice = (
-                    "The VM presented the pinned key, but ~/.ssh/known_hosts on this Airflow worker holds another "
-                    f"key for it; remove that entry (`ssh-keygen -R '[{self.remote_host}]:{self.port}'`)."
-                )
-            else:
-                advice = (
-                    "Do not connect until you know why: if the VM was rebuilt or its host keys were rotated, "
-                    "confirm the new fingerprint on the VM's console (`ssh-keygen -lf "
-                    "/etc/ssh/ssh_host_ed25519_key.pub`) and update the connection's 'host_key' extra; otherwise "
-                    "treat it as a possible interception and alert the network team."
-                )
+            advice = (
+                "Do not connect until you know why: if the VM was rebuilt or its host keys were rotated, "
+                "confirm the new fingerprint on the VM's console (`ssh-keygen -lf "
+                "/etc/ssh/ssh_host_ed25519_key.pub`) and update the connection's 'host_key' extra; otherwise "
+                "treat it as a possible interception and alert the network team. Entries in known_hosts files "
+                "are not consulted: only the pinned key is trusted."
+            )
             raise EdgeVMHostKeyMismatchError(
                 f"Host key check failed while {doing} on edge VM {self.address} (connection "
                 f"{self.ssh_conn_id!r}): expected {err.expected_key.get_name()} {expected}, the server presented "
@@ -191,7 +272,7 @@ class EdgeVMHook(SSHHook):
         for attempt in range(1, self.connect_attempts + 1):
             try:
                 with self._translated_errors("connecting"):
-                    return super().get_conn()
+                    return self._connect()
             except EdgeVMUnreachableError as err:
                 if attempt == self.connect_attempts:
                     raise
@@ -205,6 +286,50 @@ class EdgeVMHook(SSHHook):
                 )
                 time.sleep(self.connect_retry_wait)
         raise AssertionError("unreachable")  # the loop either returns or raises
+
+    def _connect(self) -> paramiko.SSHClient:
+        """Open (or reuse) the SSH connection, trusting the pinned host key and the connection's credentials only.
+
+        Replaces ``SSHHook.get_conn``, which loads the system and user known_hosts (where another key for the VM
+        would be trusted instead of the pin), and lets paramiko try the SSH agent and ``~/.ssh/id_*`` keys.
+        """
+        if self.client is not None:
+            transport = self.client.get_transport()
+            if transport is not None and transport.is_active():
+                return self.client
+        assert self.host_key is not None  # guaranteed by __init__
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(self.known_hosts_name, self.host_key.get_name(), self.host_key)
+        client.set_missing_host_key_policy(_PinnedKeyOnly(self.host_key))
+        credentials: dict[str, object] = {"pkey": self.pkey, "key_filename": self.key_file}
+        if self.password:
+            credentials["password"] = self.password.strip()
+        try:
+            client.connect(
+                hostname=self.remote_host,
+                port=self.port,
+                username=self.username,
+                timeout=self.conn_timeout,
+                banner_timeout=self.banner_timeout,
+                auth_timeout=self.auth_timeout,
+                compress=self.compress,
+                disabled_algorithms=self.disabled_algorithms,
+                sock=None,
+                allow_agent=False,
+                look_for_keys=False,
+                **credentials,
+            )
+        except BaseException:
+            client.close()
+            raise
+        transport = client.get_transport()
+        assert transport is not None  # connect() succeeded
+        if self.keepalive_interval:
+            transport.set_keepalive(self.keepalive_interval)
+        if self.ciphers:
+            transport.get_security_options().ciphers = self.ciphers
+        self.client = client
+        return client
 
     def close(self) -> None:
         """Close the SFTP session and the SSH connection (safe to call twice)."""

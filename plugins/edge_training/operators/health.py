@@ -33,7 +33,8 @@ class EdgeVMHealthCheckOperator(BaseOperator):
     One script runs on the VM and reports CPUs, load, free disk at the work directory, available memory, Python,
     Docker, GPU, its clock, and whether the VM itself reaches the blob endpoint (the VM reads the training data,
     not Airflow). Each check is logged on one line; any failed check raises ``EdgeVMHealthError`` listing all
-    failures. Returns the report, plus ``host_key_fingerprint`` and ``verdict``, to XCom.
+    failures. Returns the report, plus ``host_key_fingerprint`` (of the key the VM presented) and ``verdict``, to
+    XCom.
 
     :param ssh_conn_id: Airflow connection of the edge VM (ssh, with ``host_key`` pinned).
     :param wasb_conn_id: Airflow connection of the blob storage (wasb); only its endpoint is used.
@@ -93,11 +94,10 @@ class EdgeVMHealthCheckOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         endpoint = self.blob_endpoint()
         hook = self.hook
-        fingerprint = hook.host_key_fingerprint()
         self.log.info(
-            "Checking edge VM %s (host key %s), work dir %s, blob endpoint %s",
+            "Checking edge VM %s (pinned host key %s), work dir %s, blob endpoint %s",
             hook.address,
-            fingerprint,
+            hook.host_key_fingerprint(),
             self.work_dir,
             endpoint,
         )
@@ -106,6 +106,8 @@ class EdgeVMHealthCheckOperator(BaseOperator):
             script = build_health_script(endpoint, self.work_dir)
             result = hook.run("sh -s", timeout=self.script_timeout, input=script.encode())
             received_at = time.time()
+            # The key the VM proved it holds on this connection, for the record (it matched the pin to get here).
+            fingerprint = hook.presented_host_key_fingerprint()
         finally:
             hook.close()
         if result.exit_status != 0:

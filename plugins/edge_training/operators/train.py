@@ -372,7 +372,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             "artifacts_dir": str(local),
             "metrics": metrics,
             "code_version": meta.get("code_version"),
-            "vm_host_fingerprint": self.hook.host_key_fingerprint(),
+            "vm_host_fingerprint": self.hook.presented_host_key_fingerprint(),
             "window": meta.get("window"),
             "training_seconds": status.training_seconds,
             # Which champion train.py scored on the same holdout; the registry step compares only against it.
