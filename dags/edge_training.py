@@ -32,7 +32,7 @@ daily partition (asset `edge_new_partition`).
 | `window_days` | integer 2..366 | days of data to train on (default `EDGE_TRAINING_WINDOW_DAYS`, 7) |
 | `window_end` | date `YYYY-MM-DD` or empty | end (exclusive) of the training window instead of the data interval end |
 | `force_promote` | boolean | make the new model the champion even if it does not beat the current one |
-| `training_params` | object | RandomForest hyperparameters for the training script |
+| `training_params` | object | RandomForest hyperparameters for the training script: only known keys, each within its bounds (`edge_training/training_params.py`), e.g. `n_estimators` 1..2000, `max_depth` 1..64, `n_jobs` 1..4 |
 | `skip_image_build` | boolean | register the model but build no scoring image (`build_image` is skipped) |
 
 **Concurrency and failures**: at most `EDGE_TRAINING_MAX_ACTIVE_RUNS` (3) runs at once; trainings queue in the
@@ -66,6 +66,7 @@ from edge_training.operators.validate import ValidateTrainingDataOperator
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.schedule import training_schedule
 from edge_training.topology import edge_site_task_args
+from edge_training.training_params import MAX_N_JOBS, TRAINING_PARAMS_SCHEMA
 
 # Empty all-in-one; with EDGE_EXECUTOR_TOPOLOGY=edge the executor and queue of the edge worker at the site.
 AT_EDGE = edge_site_task_args()
@@ -116,8 +117,10 @@ AT_EDGE = edge_site_task_args()
         ),
         "training_params": Param(
             {},
-            type="object",
-            description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, "max_depth": 6}.',
+            **TRAINING_PARAMS_SCHEMA,
+            description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, '
+            '"max_depth": 6}. Only the keys of the schema, within its bounds (n_jobs at most '
+            f"{MAX_N_JOBS}); anything else is refused before any task runs.",
         ),
         "skip_image_build": Param(
             False,

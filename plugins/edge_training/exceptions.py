@@ -79,3 +79,7 @@ class ImageRegistryAuthError(ImageRegistryError):
 
 class ImageRegistryUnavailableError(ImageRegistryError):
     """The image registry could not be reached or answered 5xx (down, network fault; retried)."""
+
+
+class TrainingParamsError(EdgeTrainingError, ValueError):
+    """The run's training hyperparameters hold an unknown key or an out-of-bounds value. Fix ``training_params``."""

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_training.exceptions import EdgeTrainingError
+from edge_training.exceptions import EdgeTrainingError, TrainingParamsError
+from edge_training.training_params import validate_training_params
 
 DEFAULT_BASE_DIR = "~/edge-training"
 LOG_TAIL_LINES = 40
@@ -191,10 +192,22 @@ echo "training env built: $env_dir"
 
 
 def parse_training_params(value: Mapping[str, Any] | str | None) -> dict:
-    """The training hyperparameters as a dict: a rendered template may hand them over as JSON text."""
+    """
+    The training hyperparameters as a dict, checked against the allowed keys and bounds.
+
+    :param value: a mapping, or JSON text (a rendered template may hand them over as text); empty means none.
+    :raises TrainingParamsError: the text is not JSON, or a key or value is outside
+        ``training_params.TRAINING_PARAMS_SCHEMA`` (the same schema the DAG's Param is checked against).
+    """
     if isinstance(value, str):
-        return json.loads(value) if value.strip() else {}
-    return dict(value or {})
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise TrainingParamsError(
+                f"training_params is not valid JSON ({err.msg} at character {err.pos}); pass a JSON object such "
+                'as {"n_estimators": 200, "max_depth": 6}.'
+            ) from None
+    return validate_training_params(value if value is not None else {})
 
 
 def training_args(

@@ -16,6 +16,7 @@ FAIL_AT_ONCE = {
     errors.EdgeVMHostKeyMismatchError: "edge VM host key does not match the pinned key",
     errors.EdgeVMConfigError: "edge VM connection is misconfigured (host key not pinned, malformed, or checking turned off)",
     errors.EdgeVMAuthError: "edge VM refused the SSH credentials",
+    errors.TrainingParamsError: "training_params hold an unknown key or an out-of-bounds value",
     errors.PromotionMetricError: "the promotion metric is missing from the training metrics",
     errors.AzureMLAuthError: "Azure ML refused the credentials or denied the action",
     errors.AzureMLWorkspaceNotFoundError: "the Azure ML workspace named by the connection does not exist",

@@ -102,6 +102,44 @@ def test_invalid_trigger_conf_is_refused_naming_the_field(params, conf, field):
         resolve(params, conf)
 
 
+@pytest.mark.parametrize(
+    ("training_params", "field"),
+    [
+        ({"n_estimators": 10**6}, "n_estimators"),
+        ({"n_jobs": -1}, "n_jobs"),
+        ({"max_depth": 0}, "max_depth"),
+        ({"max_depth": "8"}, "max_depth"),
+        ({"max_features": 1}, "max_features"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"random_state": 3}, "random_state"),
+    ],
+)
+def test_out_of_bounds_training_params_are_refused_at_trigger_naming_the_key(params, training_params, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param training_params") as err:
+        resolve(params, {"training_params": training_params})
+
+    assert field in str(err.value)
+
+
+def test_the_operators_refuse_what_the_trigger_form_refuses(params):
+    """One schema: the Param's bounds are those ``parse_training_params`` enforces when the DAG is not in the way."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from edge_training.exceptions import TrainingParamsError
+    from edge_training.remote_job import parse_training_params
+
+    for value in ({"n_estimators": 2001}, {"n_jobs": 0}, {"criterion": "mse"}, {"oob_score": True}):
+        with pytest.raises(ParamValidationError):
+            resolve(params, {"training_params": value})
+        with pytest.raises(TrainingParamsError):
+            parse_training_params(value)
+    accepted = {"n_estimators": 2000, "max_depth": 64, "n_jobs": 4, "max_features": "sqrt", "class_weight": None}
+    assert resolve(params, {"training_params": accepted})["training_params"] == accepted
+    assert parse_training_params(accepted) == accepted
+
+
 def test_valid_trigger_conf_passes(params):
     resolved = resolve(params, {"window_days": 3, "window_end": "2026-11-08", "force_promote": True})
     assert resolved["window_end"] == "2026-11-08" and resolved["window_days"] == 3
