@@ -12,7 +12,8 @@ several GB can be written with bounded memory.
         --start 2026-11-01 --days 14 --total-mb 1024
 
 ``--corrupt KIND --corrupt-date D`` replaces part-0000 of day D with a deliberately bad file (see ``CORRUPT_KINDS``)
-to show how validation fails.
+to show how validation fails; ``--corrupt markers`` instead adds the files that are not data which Spark, ADF and
+AzCopy write next to the parts (validation ignores them and passes).
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ CORRUPT_KINDS = {
     "non-utf8": "bytes that are not valid UTF-8 in a machine_id",
     "empty": "a 0-byte file",
     "header-only": "the header line and no rows",
+    "no-header": "the header line is missing: the first line is a data row",
+    "markers": "a _SUCCESS marker and a .part-0000.csv.crc checksum beside part-0000 (not data: ignored, passes)",
 }
+# Files that are not data, as Spark (_SUCCESS, .<part>.crc) writes them next to the parts of a committed partition.
+MARKER_BLOBS = ("_SUCCESS", ".part-0000.csv.crc")
+# A _SUCCESS marker is empty; a Hadoop checksum file starts with "crc\0" and holds binary CRCs (not text, not CSV).
+CRC_FILE_BYTES = b"crc\x00\x00\x00\x02\x00\x9a\x1f\x3c\x07"
 
 
 def partition_name(day: date, part: int) -> str:
@@ -142,6 +149,8 @@ def _corrupt(table, kind: str, rng) -> bytes:
         return b""
     if kind == "header-only":
         return (",".join(COLUMNS) + "\n").encode("utf-8")
+    if kind == "no-header":
+        return _csv_bytes(table, header=False)
     if kind == "missing-column":
         return _csv_bytes(table.drop_columns(["vibration_mm_s"]), header=True)
     if kind == "renamed-column":
@@ -243,7 +252,8 @@ def generate(
     :param parts_per_day: files per day (``part-0000.csv`` ...).
     :param seed: random seed; same arguments give byte-identical blobs.
     :param machines: number of machines (``M-0001`` ...).
-    :param corrupt: a key of ``CORRUPT_KINDS``: replace part-0000 of ``corrupt_date`` with a bad file.
+    :param corrupt: a key of ``CORRUPT_KINDS``: replace part-0000 of ``corrupt_date`` with a bad file (``markers``:
+        add ``MARKER_BLOBS`` beside it instead).
     :param corrupt_date: the day to corrupt (defaults to ``start``).
     """
     import numpy as np
@@ -271,7 +281,7 @@ def generate(
         for part in range(parts_per_day):
             first, last = int(bounds[part]), int(bounds[part + 1])
             name = partition_name(day, part)
-            if corrupt is not None and day == corrupt_date and part == 0:
+            if corrupt is not None and corrupt != "markers" and day == corrupt_date and part == 0:
                 table = _block_table(seed, day, first, last - first, rows_per_day, machines, profiles, wear)
                 data = _corrupt(table, corrupt, np.random.default_rng([seed, 3, day.toordinal()]))
                 _upload(container_client, name, [data])
@@ -287,6 +297,11 @@ def generate(
                 )
                 _upload(container_client, name, blocks)
             names.append(name)
+        if corrupt == "markers" and day == corrupt_date:
+            for marker in MARKER_BLOBS:
+                name = f"dt={day.isoformat()}/{marker}"
+                _upload(container_client, name, [b"" if marker == "_SUCCESS" else CRC_FILE_BYTES])
+                names.append(name)
     return names
 
 
@@ -340,7 +355,9 @@ def main(argv=None) -> int:
         f"~{rows_per_day * args.days * bytes_per_row / 1e6:.0f} MB) to container {args.container} "
         f"in {seconds:.1f} s."
     )
-    if args.corrupt:
+    if args.corrupt == "markers":
+        print(f"Added to dt={(args.corrupt_date or args.start).isoformat()}/: {CORRUPT_KINDS[args.corrupt]}.")
+    elif args.corrupt:
         print(f"Corrupted {partition_name(args.corrupt_date or args.start, 0)}: {CORRUPT_KINDS[args.corrupt]}.")
     return 0
 

@@ -24,8 +24,10 @@ def is_data_blob(name: str) -> bool:
     """
     if not name or name.endswith("/"):
         return False
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(("_", ".")) and base.lower().endswith(DATA_SUFFIXES)
+    # A folder named so is hidden too: Spark stages parts under _temporary/ before it commits them.
+    if any(part.startswith(("_", ".")) for part in name.split("/")):
+        return False
+    return name.lower().endswith(DATA_SUFFIXES)
 
 
 def blob_version(entry: Mapping[str, Any]) -> str:

@@ -8,8 +8,10 @@ merged counts: the row count, the share of missing values (``mostly`` of the not
 No Airflow import here; Great Expectations and pandas are imported inside the functions (they are slow to import
 and the DAG file imports the operators that import this module).
 
-What leaves this module (the summary, exception messages, log lines) carries counts, column and blob names and
-single observed values (e.g. a maximum), never data rows.
+What leaves this module (the summary, exception messages, log lines, Data Docs) carries counts, aggregates (e.g. a
+column's maximum), blob names and the suite's own column names, never a cell of the data: no data row, no sample of
+unexpected values, no header field that is not an expected column name (a file without its header line has a data
+row there).
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
-from edge_training.fingerprint import data_fingerprint
+from edge_training.fingerprint import blob_manifest, is_data_blob
 from edge_training.window import TrainingWindow, partition_prefix
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,20 @@ PARTITION_LEVEL_TYPES = frozenset(
     }
 )
 MAX_LINES_PER_PARTITION = 20
+# Ignored blobs named in the summary and the log (all are counted): Spark writes a checksum next to every part.
+MAX_IGNORED_NAMES = 100
+# Great Expectations logs hundreds of internal INFO/DEBUG records per validation; a task log shows its warnings only.
+LIBRARY_LOG_LEVEL = logging.WARNING
+# What Great Expectations computes per expectation: counts only. No sample of unexpected values is produced, so none
+# can reach a message or the Data Docs (and the chunks are validated a little faster).
+RESULT_FORMAT = {
+    "result_format": "BASIC",
+    "partial_unexpected_count": 0,
+    "exclude_unexpected_values": True,
+    "include_unexpected_rows": False,
+}
+# Observed values that are reports of the data's type, not of its values, and may be shown as they are.
+TYPE_EXPECTATIONS = frozenset({"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"})
 
 
 @dataclass(frozen=True)
@@ -72,19 +89,26 @@ class PartitionSource:
     """One blob to validate.
 
     :param name: blob name, e.g. ``dt=2026-11-01/part-0000.csv``.
-    :param etag: content MD5 (hex) when the store has one, else the ETag; feeds the data fingerprint.
+    :param etag: the ETag as the storage SDK returns it (quotes included), the if-match condition of every read.
     :param size: size in bytes.
     :param opener: returns a fresh binary stream of the blob's bytes each time it is called.
+    :param content_md5: the blob's Content-MD5 as hex, or None when the store has none.
     """
 
     name: str
     etag: str
     size: int
     opener: Callable[[], IO[bytes]] = field(repr=False, compare=False)
+    content_md5: str | None = None
 
     def open(self) -> IO[bytes]:
         """A new binary stream over the blob's bytes."""
         return self.opener()
+
+    @property
+    def manifest_entry(self) -> dict[str, Any]:
+        """The blob as training reads it back: ``{"name", "etag", "content_md5", "size"}``."""
+        return {"name": self.name, "etag": self.etag, "content_md5": self.content_md5, "size": self.size}
 
     @property
     def day(self) -> str | None:
@@ -123,21 +147,25 @@ DOWNLOAD_RANGE_BYTES = 4 * 1024 * 1024
 def _blob_opener(container_client, name: str, etag: str | None, size: int) -> Callable[[], IO[bytes]]:
     def ranges() -> Iterator[bytes]:
         from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         kwargs: dict[str, Any] = {}
         if etag:
-            # Every range must come from the version that was listed (and fingerprinted), not one rewritten since.
+            # Every range must come from the version that was listed (and goes into the manifest), not one rewritten
+            # since: what was validated is then exactly what training is told to read.
             kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         for offset in range(0, size, DOWNLOAD_RANGE_BYTES):
             length = min(DOWNLOAD_RANGE_BYTES, size - offset)
             try:
                 downloader = container_client.download_blob(name, offset=offset, length=length, **kwargs)
-            except ResourceModifiedError as err:
+            except (ResourceModifiedError, ResourceNotFoundError) as err:
+                what = "rewritten" if isinstance(err, ResourceModifiedError) else "deleted"
                 raise EdgeTrainingError(
-                    f"Blob {name} changed while the training window was being validated (ETag no longer {etag}); "
-                    "the task retries and validates the new version."
-                ) from err
+                    f"Blob {name} was {what} while the training window was being validated (listed with ETag "
+                    f"{etag}, {size} bytes; the read of bytes {offset}..{offset + length - 1} was refused), so what "
+                    "was read is not one version of the blob and nothing was validated. Re-run validate_data once "
+                    "the writer has finished (the task retries on its own)."
+                ) from None
             yield from downloader.chunks()
 
     def open_blob() -> IO[bytes]:
@@ -147,7 +175,10 @@ def _blob_opener(container_client, name: str, etag: str | None, size: int) -> Ca
 
 
 def blob_partitions(container_client, window: TrainingWindow) -> list[PartitionSource]:
-    """The blobs of every day in ``window``, listed from the container (nothing is downloaded yet).
+    """Every blob under the ``dt=`` folders of ``window``, listed from the container (nothing is downloaded yet).
+
+    Markers and other files that are not data are listed too; :func:`validate_partitions` sets them aside by the
+    shared rule (``is_data_blob``) and names them in its summary.
 
     :param container_client: ``azure.storage.blob.ContainerClient`` of the readings container.
     :param window: the training window; one ``dt=YYYY-MM-DD/`` prefix is listed per day.
@@ -158,13 +189,13 @@ def blob_partitions(container_client, window: TrainingWindow) -> list[PartitionS
             if blob.name.endswith("/"):
                 continue
             md5 = blob.content_settings.content_md5 if blob.content_settings else None
-            version = bytes(md5).hex() if md5 else str(blob.etag).strip('"')
             sources.append(
                 PartitionSource(
                     name=blob.name,
-                    etag=version,
+                    etag=blob.etag,
                     size=int(blob.size),
                     opener=_blob_opener(container_client, blob.name, blob.etag, int(blob.size)),
+                    content_md5=bytes(md5).hex() if md5 else None,
                 )
             )
     return sources
@@ -193,6 +224,50 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
+def _without_quoted(text: str, limit: int = 300) -> str:
+    """A library's error message with every quoted part blanked and cut to ``limit`` characters.
+
+    pandas and Great Expectations quote the offending value in some messages ("could not convert string to float:
+    'abc'"); the structure of the message (line numbers, field counts, the type involved) is what helps.
+    """
+    text = _QUOTED.sub("'…'", str(text).strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def column_list_findings(found: Sequence[str], expected: Sequence[str]) -> str:
+    """What differs between a header line and the expected columns, naming only expected columns.
+
+    A field that is not an expected column name is given by its position, never by its text: it may be a data cell
+    (a file without its header line) or anything else that is not the suite's.
+
+    :param found: the fields of the file's first line.
+    :param expected: the suite's column names, in order.
+    """
+    expected_set = set(expected)
+    missing = [c for c in expected if c not in found]
+    foreign = [i + 1 for i, c in enumerate(found) if c not in expected_set]
+    parts = []
+    if not expected_set.intersection(found):
+        return (
+            f"the first line has {len(found)} field(s) and none is an expected column name: it looks like a data row, "
+            f"not a header; write the header line {','.join(expected)} as the first line of the file"
+        )
+    if len(found) != len(expected):
+        parts.append(f"the header has {len(found)} field(s), expected {len(expected)}")
+    if missing:
+        parts.append(f"missing {missing}")
+    if foreign:
+        shown = ", ".join(str(p) for p in foreign[:10]) + (", …" if len(foreign) > 10 else "")
+        parts.append(f"{len(foreign)} field(s) that are not expected column names, at position(s) {shown}")
+    if not missing and not foreign:
+        misplaced = [c for i, c in enumerate(found) if i >= len(expected) or expected[i] != c]
+        parts.append(f"same columns in a different order ({misplaced} out of place)")
+    return "; ".join(parts) + f"; expected {list(expected)}"
+
+
 @dataclass
 class _Merged:
     """Merged results of one expectation over the chunks of a partition."""
@@ -206,7 +281,6 @@ class _Merged:
     exception_message: str | None = None
     observed_min: float | None = None
     observed_max: float | None = None
-    unexpected_values: set = field(default_factory=set)
     is_map: bool = False
 
     @property
@@ -236,7 +310,8 @@ class _Merged:
             messages = [info.get("exception_message")] + [
                 v.get("exception_message") for v in info.values() if isinstance(v, dict)
             ]
-            self.exception_message = self.exception_message or next((m for m in messages if m), "error")
+            first = next((m for m in messages if m), "error")
+            self.exception_message = self.exception_message or _without_quoted(first)
             self.chunk_success = False
             return
         res = result.result or {}
@@ -262,11 +337,6 @@ class _Merged:
             if lo == lo:  # not NaN: the column has at least one value
                 self.observed_min = float(lo) if self.observed_min is None else min(self.observed_min, float(lo))
                 self.observed_max = float(hi) if self.observed_max is None else max(self.observed_max, float(hi))
-        if self.type == "expect_column_values_to_be_in_set" and not result.success and column in chunk.columns:
-            allowed = self.config.kwargs.get("value_set") or []
-            values = chunk[column].dropna()
-            bad = values[~values.isin(allowed)].unique()[:3]
-            self.unexpected_values.update(_fmt(v.item() if hasattr(v, "item") else v) for v in bad)
 
     def partition_success(self) -> bool:
         if self.exception_message:
@@ -300,8 +370,7 @@ class _Merged:
             return ", ".join(parts)
         if self.type == "expect_column_values_to_be_in_set":
             allowed = "{" + ", ".join(_fmt(v) for v in kwargs.get("value_set", [])) + "}"
-            seen = ", ".join(sorted(self.unexpected_values))
-            return f"{self.unexpected_count} values outside {allowed}" + (f" (observed {seen})" if seen else "")
+            return f"{self.unexpected_count} of {self.element_count - self.missing_count} values outside {allowed}"
         if self.type == "expect_column_values_to_match_regex":
             return (
                 f"{self.unexpected_count} of {self.element_count - self.missing_count} values do not match "
@@ -310,25 +379,31 @@ class _Merged:
         if self.type == "expect_column_values_to_be_of_type":
             return f"observed type {self.observed_value}, expected {kwargs.get('type_')}"
         if self.type == "expect_table_columns_to_match_ordered_list":
-            expected = list(kwargs.get("column_list") or [])
-            found = list(self.observed_value or [])
-            missing = [c for c in expected if c not in found]
-            extra = [c for c in found if c not in expected]
-            detail = []
-            if missing:
-                detail.append(f"missing {missing}")
-            if extra:
-                detail.append(f"unexpected {extra}")
-            if not missing and not extra:
-                detail.append("same columns in a different order")
-            return f"observed columns {found}: {'; '.join(detail)}; expected {expected}"
+            return column_list_findings(list(self.observed_value or []), list(kwargs.get("column_list") or []))
         if self.type == "expect_table_row_count_to_be_between":
             lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
             bounds = " and ".join(b for b in [f"≥ {lo}" if lo is not None else "", f"≤ {hi}" if hi else ""] if b)
             return f"observed {self.observed_value} rows, allowed {bounds}"
         if self.is_map:
             return f"{self.unexpected_count} of {self.element_count} values unexpected"
-        return f"observed {_fmt(self.observed_value)}"
+        return f"observed {self.reported_observed_value()}"
+
+    def reported_observed_value(self) -> Any:
+        """The observed value as it may leave validation: a number or a type name as is, anything else described.
+
+        A list, a set or a text observed by a future expectation (distinct values, the most common value, a
+        header line) could hold data cells.
+        """
+        value = self.observed_value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str) and self.type in TYPE_EXPECTATIONS:
+            return value
+        if self.type == "expect_table_columns_to_match_ordered_list":
+            return column_list_findings(list(value or []), list(self.config.kwargs.get("column_list") or []))
+        if isinstance(value, (list, tuple, set, dict)):
+            return f"{len(value)} value(s), not shown (only counts leave validation)"
+        return "a value, not shown (only counts leave validation)"
 
     def to_gx_result(self):
         """The merged result in Great Expectations' form, for Data Docs (no sample values)."""
@@ -352,12 +427,13 @@ class _Merged:
                     "unexpected_percent": 100.0 * self.unexpected_count / evaluated if evaluated else 0.0,
                     "missing_count": self.missing_count,
                     "missing_percent": 100.0 * self.missing_count / self.element_count if self.element_count else 0.0,
+                    # Counts only: the renderer shows a sample table when there is one, and there never is.
                     "partial_unexpected_list": [],
                 }
                 if self.observed_max is not None:
                     result["observed_value"] = f"min {_fmt(self.observed_min)}, max {_fmt(self.observed_max)}"
             else:
-                result = {"observed_value": self.observed_value}
+                result = {"observed_value": self.reported_observed_value()}
         return ExpectationValidationResult(
             success=self.partition_success(),
             expectation_config=self.config,
@@ -375,6 +451,7 @@ class _PartitionReport:
     merged: list[_Merged] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # "expectation: what was found"
     read_error: str | None = None
+    missing_day: bool = False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -388,7 +465,8 @@ def _header_columns(stream: io.BufferedReader) -> list[str] | None:
     if not head:
         return None
     first_line = head.split(b"\n", 1)[0].rstrip(b"\r")
-    text = first_line.decode("utf-8", errors="replace")
+    # pandas skips a UTF-8 byte order mark at the start of a file; so does the header check.
+    text = first_line.decode("utf-8", errors="replace").lstrip("\ufeff")
     return [name.strip().strip('"') for name in text.split(",")]
 
 
@@ -398,7 +476,7 @@ def _diagnose_dtypes(source: PartitionSource, columns: list[str], chunk_rows: in
 
     typed = [c for c in columns if COLUMN_DTYPES.get(c) not in (None, "str")]
     bad_counts: dict[str, int] = dict.fromkeys(typed, 0)
-    first_bad: dict[str, tuple[int, str]] = {}
+    first_bad: dict[str, int] = {}
     row_offset = 0
     with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
         for chunk in pd.read_csv(
@@ -415,21 +493,53 @@ def _diagnose_dtypes(source: PartitionSource, columns: list[str], chunk_rows: in
                 if count:
                     bad_counts[column] += count
                     if column not in first_bad:
-                        position = int(bad.to_numpy().nonzero()[0][0])
-                        first_bad[column] = (row_offset + position + 1, str(text.iloc[position])[:20])
+                        # The row number, not the value: the value is a cell of the data.
+                        first_bad[column] = row_offset + int(bad.to_numpy().nonzero()[0][0]) + 1
             row_offset += len(chunk)
     found = []
     for column in typed:
         if bad_counts[column]:
-            row, example = first_bad[column]
             found.append(
                 (
                     f"expect_column_values_to_be_of_type({column})",
                     f"{bad_counts[column]} value(s) are not {COLUMN_DTYPES[column]} "
-                    f"(first at data row {row}: {example!r})",
+                    f"(first at data row {first_bad[column]})",
                 )
             )
     return found
+
+
+@contextmanager
+def quiet_library_logs(level: int = LIBRARY_LOG_LEVEL) -> Iterator[None]:
+    """Raise Great Expectations' loggers to ``level`` while the block runs, then put them back.
+
+    Its internal INFO/DEBUG records (hundreds per validation: "Skipping registering function ... because it is a
+    closure", "_get_default_value called with key ...") would bury the pipeline's own lines in the task log. Some are
+    logged while it is imported and one of its modules sets its own logger to INFO, so the levels are set before the
+    import and again after it. Done for the task's duration only, not at import of this module.
+    """
+    import sys
+
+    saved: dict[str, int] = {}
+
+    def quiet() -> None:
+        logging.getLogger("great_expectations")
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if name.split(".", 1)[0] == "great_expectations" and isinstance(logger, logging.Logger):
+                saved.setdefault(name, logger.level)
+                if logger.level < level:
+                    logger.setLevel(level)
+
+    quiet()
+    try:
+        if "great_expectations" not in sys.modules:
+            import great_expectations  # noqa: F401  (its import logs; and creates loggers with levels of their own)
+
+            quiet()
+        yield
+    finally:
+        for name, previous in saved.items():
+            logging.getLogger(name).setLevel(previous)
 
 
 class _Validator:
@@ -451,6 +561,14 @@ class _Validator:
         )
         self.suite = self.context.suites.add(gx.ExpectationSuite(**suite_dict))
         expectations = suite_dict["expectations"]
+        self.expected_columns = next(
+            (
+                list(e["kwargs"]["column_list"])
+                for e in expectations
+                if e["type"] in ("expect_table_columns_to_match_ordered_list", "expect_table_columns_to_match_set")
+            ),
+            list(COLUMN_DTYPES),
+        )
         self.partition_suite = self.context.suites.add(
             gx.ExpectationSuite(
                 name=f"{self.suite.name}__partition",
@@ -480,8 +598,7 @@ class _Validator:
 
     def _validate(self, frame, suite) -> list:
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        # BASIC keeps counts; the sample lists it also returns are dropped when results are merged.
-        return list(batch.validate(suite, result_format="BASIC").results)
+        return list(batch.validate(suite, result_format=dict(RESULT_FORMAT)).results)
 
 
 def _expectation_key(config) -> str:
@@ -529,6 +646,14 @@ def _read_partition(
                 f"the file is empty (0 bytes, size listed {source.size}); expected a CSV header and rows"
             )
             return report
+        if not set(columns) & set(validator.expected_columns):
+            # No header line: pandas would take the first data row for one, and every expectation would then report
+            # (and Data Docs show) its cells as column names. Decided here, on counts only.
+            report.failures.append(
+                "expect_table_columns_to_match_ordered_list: "
+                + column_list_findings(columns, validator.expected_columns)
+            )
+            return report
         dtype = {c: COLUMN_DTYPES[c] for c in columns if c in COLUMN_DTYPES}
         try:
             reader = pd.read_csv(
@@ -547,11 +672,17 @@ def _read_partition(
         except pd.errors.EmptyDataError:
             report.read_error = "the file has no CSV header (no columns to parse)"
         except pd.errors.ParserError as err:
-            report.read_error = f"the CSV cannot be parsed: {str(err).strip()}"
-        except (ValueError, TypeError):
+            report.read_error = f"the CSV cannot be parsed: {_without_quoted(err)}"
+        except (ValueError, TypeError) as err:
             problems = _diagnose_dtypes(source, columns, chunk_rows)
             if not problems:
-                raise
+                # pandas quotes the offending value in these messages: name the error, not the value.
+                report.read_error = (
+                    f"values that cannot be read as the suite's column types ({type(err).__name__} from the CSV "
+                    f"reader in data rows {report.rows + 1}..{report.rows + chunk_rows}); check the file's types "
+                    f"against {', '.join(f'{c}: {t}' for c, t in COLUMN_DTYPES.items())}"
+                )
+                return report
             report.failures.extend(f"{title}: {found}" for title, found in problems)
             return report
     if report.read_error:
@@ -619,7 +750,7 @@ def _store_for_docs(validator: _Validator, report: _PartitionReport, validation_
 
     results = [item.to_gx_result() for item in report.merged]
     configs = {e.configuration.type: e.configuration for e in validator.suite.expectations}
-    if not report.merged and not report.read_error and "expect_table_row_count_to_be_between" in configs:
+    if report.missing_day and "expect_table_row_count_to_be_between" in configs:
         # A day without blobs: record it as a partition with no rows.
         results = [
             ExpectationValidationResult(
@@ -696,59 +827,44 @@ def validate_partitions(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     window_label: str | None = None,
 ) -> dict:
-    """Validate every partition against the suite; return a summary or raise ``DataValidationError``.
+    """Validate every data blob against the suite; return a summary or raise ``DataValidationError``.
 
-    Every failure found is listed (all partitions are read even after the first failure). HTML Data Docs are
-    built under ``docs_dir`` either way.
+    Blobs that are not data by the shared rule (``is_data_blob``: markers such as ``_SUCCESS``, checksums, names
+    starting with ``_`` or ``.``, anything not ``.csv``) are not read; they are named in the log and the summary. A day
+    whose only blobs are such files has no data. Every failure found is listed (all partitions are read even after
+    the first failure). HTML Data Docs are built under ``docs_dir`` either way.
 
     :param partitions: the blobs to validate (e.g. from :func:`blob_partitions`).
-    :param expected_days: days that must have at least one blob (the training window's days).
+    :param expected_days: days that must have at least one data blob (the training window's days).
     :param suite_path: the expectation suite JSON.
     :param docs_dir: folder for the HTML Data Docs (created if needed; ``index.html`` is the entry page).
     :param chunk_rows: rows per chunk read and validated at a time (bounds memory).
     :param window_label: label of the training window for messages and the summary.
-    :return: summary with counts, names and the fingerprint only (safe for XCom).
+    :return: summary with counts, blob names, the ``manifest`` of the data blobs validated (name, ETag, Content-MD5,
+        size: what training reads, with if-match on each ETag) and its ``data_fingerprint`` (safe for XCom).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}; pass a positive number of rows per chunk.")
-    sources = sorted(partitions, key=lambda p: p.name)
+    listed = sorted(partitions, key=lambda p: p.name)
+    sources = [s for s in listed if is_data_blob(s.name)]
+    ignored = [s.name for s in listed if not is_data_blob(s.name)]
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
     label = window_label or (
         f"{min(expected_days).isoformat()}..{max(expected_days).isoformat()}" if expected_days else "(no days)"
     )
-    validator = _Validator(load_suite_json(suite_path), docs_dir)
-    validation_id = uuid.uuid4().hex[:12]
-    reports: list[_PartitionReport] = []
-    day_keys: dict[str, dict[str, Any]] = {}
-
-    days_with_blobs = {s.day for s in sources}
-    missing_days = 0
-    for day in expected_days:
-        if day.isoformat() not in days_with_blobs:
-            missing_days += 1
-            missing = _PartitionReport(name=partition_prefix(day))
-            missing.failures.append(
-                "expect_table_row_count_to_be_between: no blobs in this partition (day in the training window "
-                "without data)"
-            )
-            reports.append(missing)
-
-    for source in sources:
-        report = _read_partition(validator, source, chunk_rows, day_keys)
-        if report.rows and source.day:
-            # Keys are only compared within a day; drop the previous days' hashes to bound memory.
-            for day in [d for d in day_keys if d < source.day]:
-                del day_keys[day]
-        reports.append(report)
+    if ignored:
         log.info(
-            "Validated %s: %d rows, %s", source.name, report.rows,
-            "passed" if not (report.failures or report.read_error) else "FAILED",
+            "Ignoring %d blob(s) that are not data (markers, checksums, hidden or non-CSV files), not validated: %s",
+            len(ignored), _listing(ignored),
         )
-
-    for report in reports:
-        _store_for_docs(validator, report, validation_id)
-    docs_index = _build_docs(validator, docs_dir)
+    with quiet_library_logs():
+        validator = _Validator(load_suite_json(suite_path), docs_dir)
+        validation_id = uuid.uuid4().hex[:12]
+        reports = _validate_sources(validator, sources, ignored, expected_days, chunk_rows)
+        for report in reports:
+            _store_for_docs(validator, report, validation_id)
+        docs_index = _build_docs(validator, docs_dir)
 
     failed = [r for r in reports if r.failures or r.read_error]
     expectations = len(validator.suite.expectations)
@@ -762,6 +878,9 @@ def validate_partitions(
             lines += [f"  - {report.name}: {line}" for line in shown]
             if len(found) > len(shown):
                 lines.append(f"  - {report.name}: … and {len(found) - len(shown)} more (see Data Docs)")
+        if ignored:
+            lines.append(f"  ({len(ignored)} blob(s) that are not data were ignored: {_listing(ignored)})")
+        missing_days = sum(1 for r in reports if r.missing_day)
         raise DataValidationError(
             f"Training data for window {label} failed validation against suite {validator.suite.name} "
             f"({expectations} expectations): {count} failure(s) in {len(failed)} of "
@@ -772,14 +891,64 @@ def validate_partitions(
             "re-run it; nothing was trained on this data."
         )
     rows_per_partition = {r.name: r.rows for r in reports}
+    manifest = [s.manifest_entry for s in sources]
     return {
         "window": label,
         "partitions": [s.name for s in sources],
         "row_count": sum(rows_per_partition.values()),
         "rows_per_partition": rows_per_partition,
-        "data_fingerprint": data_fingerprint((s.name, s.etag, s.size) for s in sources),
+        "manifest": manifest,
+        "data_fingerprint": blob_manifest.data_fingerprint(manifest),
+        "ignored_blobs": ignored[:MAX_IGNORED_NAMES],
+        "ignored_blob_count": len(ignored),
         "validation_id": validation_id,
         "data_docs": docs_index,
         "success": True,
         "expectations_evaluated": expectations,
     }
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_IGNORED_NAMES])
+    return shown + (f", … and {len(names) - MAX_IGNORED_NAMES} more" if len(names) > MAX_IGNORED_NAMES else "")
+
+
+def _validate_sources(
+    validator: _Validator,
+    sources: list[PartitionSource],
+    ignored: list[str],
+    expected_days: list[date],
+    chunk_rows: int,
+) -> list[_PartitionReport]:
+    """One report per data blob, plus one per expected day without any data blob."""
+    reports: list[_PartitionReport] = []
+    day_keys: dict[str, dict[str, Any]] = {}
+    days_with_blobs = {s.day for s in sources}
+    for day in expected_days:
+        if day.isoformat() in days_with_blobs:
+            continue
+        prefix = partition_prefix(day)
+        missing = _PartitionReport(name=prefix, missing_day=True)
+        markers = [name for name in ignored if name.startswith(prefix)]
+        found = (
+            f"no data blobs in this partition, only {len(markers)} that are not data ({_listing(markers)})"
+            if markers
+            else "no blobs in this partition"
+        )
+        missing.failures.append(
+            f"expect_table_row_count_to_be_between: {found} (day in the training window without data)"
+        )
+        reports.append(missing)
+
+    for source in sources:
+        report = _read_partition(validator, source, chunk_rows, day_keys)
+        if report.rows and source.day:
+            # Keys are only compared within a day; drop the previous days' hashes to bound memory.
+            for day in [d for d in day_keys if d < source.day]:
+                del day_keys[day]
+        reports.append(report)
+        log.info(
+            "Validated %s: %d rows, %s", source.name, report.rows,
+            "passed" if not (report.failures or report.read_error) else "FAILED",
+        )
+    return reports

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 
@@ -11,7 +13,7 @@ import pytest
 
 from edge_training import config
 from edge_training.exceptions import DataValidationError
-from edge_training.fingerprint import data_fingerprint
+from edge_training.fingerprint import blob_manifest, data_fingerprint, is_data_blob
 from edge_training.validation import PartitionSource, _ChunkStream, validate_partitions
 
 HEADER = [
@@ -42,8 +44,28 @@ def csv(data_rows: list[list[str]], header: list[str] = HEADER) -> bytes:
     return ("\n".join([",".join(header)] + [",".join(r) for r in data_rows]) + "\n").encode("utf-8")
 
 
-def source(name: str, data: bytes, etag: str = "etag-1") -> PartitionSource:
-    return PartitionSource(name=name, etag=etag, size=len(data), opener=lambda: io.BytesIO(data))
+def source(name: str, data: bytes, etag: str = '"etag-1"', content_md5: str | None = None) -> PartitionSource:
+    return PartitionSource(
+        name=name, etag=etag, size=len(data), opener=lambda: io.BytesIO(data), content_md5=content_md5
+    )
+
+
+def docs_text(tmp_path) -> str:
+    """The text of every page of the Data Docs site, markup and the site's static assets left out."""
+    import html
+    import re
+
+    pages = [p for p in (tmp_path / "docs").rglob("*.html") if "static" not in p.relative_to(tmp_path).parts]
+    text = "\n".join(p.read_text() for p in pages)
+    text = re.sub(r"<(style|script|svg)\b.*?</\1>", " ", text, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+def docs_tokens(tmp_path) -> set[str]:
+    """The words and numbers of the Data Docs pages, to look for a whole cell value in them."""
+    import re
+
+    return set(re.split(r"[\s,;:()\[\]{}'\"]+", docs_text(tmp_path)))
 
 
 def run(tmp_path, sources, days=(DAY,), chunk_rows=1000):
@@ -110,15 +132,45 @@ def test_missing_column(tmp_path):
 def test_renamed_column(tmp_path):
     data = csv(rows(20), header=["temp_c" if c == "temperature_c" else c for c in HEADER])
     message = failure(tmp_path, [source(NAME, data)])
-    assert "missing ['temperature_c']; unexpected ['temp_c']" in message
+    assert (
+        "missing ['temperature_c']; 1 field(s) that are not expected column names, at position(s) 3; expected "
+        in message
+    )
+    # Only the suite's own names are echoed: a field that is not one could be anything, even a data cell.
+    assert "temp_c" not in message and "temp_c" not in docs_text(tmp_path)
+
+
+def test_header_line_missing_fails_without_echoing_the_first_row(tmp_path):
+    data_rows = rows(20)
+    first_row = data_rows[0]
+    message = failure(tmp_path, [source(NAME, csv(data_rows[1:], header=first_row))])
+    assert (
+        f"{NAME}: expect_table_columns_to_match_ordered_list: the first line has 9 field(s) and none is an expected "
+        "column name: it looks like a data row, not a header; write the header line " + ",".join(HEADER)
+    ) in message
+    docs = docs_text(tmp_path)
+    assert "it looks like a data row" in docs
+    tokens = docs_tokens(tmp_path)
+    for cell in first_row:
+        if cell not in ("0", "1"):  # digits that any page holds
+            assert cell not in message, cell
+            assert cell not in tokens, cell
+    assert "M-0001" not in docs and "T00:00:00Z" not in docs
+
+
+def test_columns_out_of_order_name_only_expected_columns(tmp_path):
+    order = [HEADER[1], HEADER[0], *HEADER[2:]]
+    data = csv([[r[1], r[0], *r[2:]] for r in rows(10)], header=order)
+    message = failure(tmp_path, [source(NAME, data)])
+    assert "same columns in a different order (['timestamp', 'machine_id'] out of place)" in message
 
 
 def test_wrong_dtype_names_column_and_row(tmp_path):
     data_rows = rows(30)
     data_rows[11][HEADER.index("rpm")] = "abc"
     message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=8)
-    assert f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64" in message
-    assert "first at data row 12" in message
+    assert f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64 (first at data row 12)" in message
+    assert "abc" not in message and "abc" not in docs_text(tmp_path)
 
 
 def test_empty_file(tmp_path):
@@ -181,7 +233,21 @@ def test_label_outside_0_1(tmp_path):
     data_rows = rows(20)
     data_rows[4][-1] = "2"
     message = failure(tmp_path, [source(NAME, csv(data_rows))])
-    assert "expect_column_values_to_be_in_set(failure_within_24h): 1 values outside {0, 1} (observed 2)" in message
+    assert "expect_column_values_to_be_in_set(failure_within_24h): 1 of 20 values outside {0, 1}" in message
+    assert "observed" not in message  # the offending cell is not quoted
+
+
+def test_data_docs_hold_counts_not_cells(tmp_path):
+    data_rows = rows(50)
+    data_rows[3][HEADER.index("timestamp")] = "2026/11/01 07:13"  # fails the timestamp pattern
+    data_rows[5][HEADER.index("machine_id")] = "PUMP-SOUTH-7"  # fails the machine id pattern
+    data_rows[8][HEADER.index("humidity_pct")] = "131.5"  # out of range: the maximum is an aggregate, shown
+    message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=16)
+    docs = docs_text(tmp_path)
+    assert "1 of 50 values do not match ^M-[0-9]{4}$" in message
+    for cell in ("2026/11/01 07:13", "PUMP-SOUTH-7", MARKER_TEMPERATURE):
+        assert cell not in message and cell not in docs, cell
+    assert "131.5" in message and "131.5" in docs
 
 
 def test_duplicate_keys_across_chunks(tmp_path):
@@ -292,6 +358,91 @@ def test_blob_rewritten_during_validation_is_reported(tmp_path):
     data = csv(rows(10))
     opener = validation._blob_opener(_RangeClient(data, current_etag="0x2"), NAME, "0x1", len(data))
     stale = PartitionSource(NAME, "0x1", len(data), opener)
-    with pytest.raises(EdgeTrainingError, match=r"changed while the training window was being validated") as caught:
+    with pytest.raises(EdgeTrainingError, match=r"was rewritten while the training window was being validated") as caught:
         run(tmp_path, [stale])
+    assert "listed with ETag 0x1" in str(caught.value) and "Re-run validate_data" in str(caught.value)
     assert not isinstance(caught.value, DataValidationError)  # retried, not a data failure
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "name, is_data",
+    [
+        ("dt=2026-11-01/part-0000.csv", True),
+        ("dt=2026-11-01/PART-0001.CSV", True),
+        ("dt=2026-11-01/_SUCCESS", False),
+        ("dt=2026-11-01/.part-0000.csv.crc", False),
+        ("dt=2026-11-01/_committed_4711", False),
+        ("dt=2026-11-01/_temporary/0/part-0000.csv", False),
+        ("dt=2026-11-01/notes.txt", False),
+        ("dt=2026-11-01/", False),
+    ],
+)
+def test_data_blob_rule(name, is_data):
+    assert is_data_blob(name) is is_data
+
+
+def test_markers_are_ignored_and_listed(tmp_path):
+    names = [NAME, "dt=2026-11-01/_SUCCESS", "dt=2026-11-01/.part-0000.csv.crc"]
+    sources = [source(NAME, csv(rows(10)))] + [source(n, b"not csv \x00\xff") for n in names[1:]]
+    summary = run(tmp_path, sources)
+    assert summary["partitions"] == [NAME]
+    assert summary["rows_per_partition"] == {NAME: 10}
+    assert summary["ignored_blobs"] == ["dt=2026-11-01/.part-0000.csv.crc", "dt=2026-11-01/_SUCCESS"]
+    assert summary["ignored_blob_count"] == 2
+    # Not validated: no Data Docs page for them.
+    pages = [p.name for p in (tmp_path / "docs" / "validations").rglob("*.html")]
+    assert len(pages) == 1 and "part-0000.csv" in pages[0]
+
+
+def test_a_day_with_markers_only_has_no_data(tmp_path):
+    second = DAY + timedelta(days=1)
+    sources = [source(NAME, csv(rows(10))), source("dt=2026-11-02/_SUCCESS", b"")]
+    message = failure(tmp_path, sources, days=(DAY, second))
+    assert (
+        "dt=2026-11-02/: expect_table_row_count_to_be_between: no data blobs in this partition, only 1 that are "
+        "not data (dt=2026-11-02/_SUCCESS)"
+    ) in message
+    assert "1 failure(s) in 1 of 2 partition(s)" in message
+
+
+def test_manifest_lists_exactly_the_validated_blobs(tmp_path):
+    second = "dt=2026-11-01/part-0001.csv"
+    day = rows(20)
+    sources = [
+        source(second, csv(day[10:]), etag='"0x8DD2"'),
+        source(NAME, csv(day[:10]), etag='"0x8DD1"', content_md5="9e107d9d372bb6826bd81d3542a419d6"),
+        source("dt=2026-11-01/_SUCCESS", b""),
+    ]
+    summary = run(tmp_path, sources)
+    assert summary["manifest"] == [
+        {"name": NAME, "etag": '"0x8DD1"', "content_md5": "9e107d9d372bb6826bd81d3542a419d6", "size": sources[1].size},
+        {"name": second, "etag": '"0x8DD2"', "content_md5": None, "size": sources[0].size},
+    ]
+    assert summary["data_fingerprint"] == blob_manifest.data_fingerprint(summary["manifest"])
+    # Same scheme as before: the MD5 when there is one, else the ETag without its quotes.
+    assert summary["data_fingerprint"] == data_fingerprint(
+        [(NAME, "9e107d9d372bb6826bd81d3542a419d6", sources[1].size), (second, "0x8DD2", sources[0].size)]
+    )
+    json.dumps(summary)
+
+
+def test_great_expectations_chatter_is_kept_out_of_the_log(tmp_path, caplog):
+    gx_logger = logging.getLogger("great_expectations")
+    before = gx_logger.level
+    caplog.set_level(logging.DEBUG)
+    run(tmp_path, [source(NAME, csv(rows(10)))])
+    library = [r for r in caplog.records if r.name.startswith("great_expectations") and r.levelno < logging.WARNING]
+    assert library == []
+    assert f"Validated {NAME}: 10 rows, passed" in caplog.text
+    assert gx_logger.level == before  # only for the validation, not for the rest of the process
+
+
+def test_without_the_quiet_levels_great_expectations_logs_internal_records(tmp_path, caplog, monkeypatch):
+    # The check above can fail: with the levels left alone the same run logs Great Expectations' own records.
+    from edge_training import validation
+
+    monkeypatch.setattr(validation, "quiet_library_logs", contextlib.nullcontext)
+    caplog.set_level(logging.DEBUG)
+    run(tmp_path, [source(NAME, csv(rows(10)))])
+    assert any(r.name.startswith("great_expectations") and r.levelno < logging.WARNING for r in caplog.records)

@@ -33,8 +33,10 @@ class ValidateTrainingDataOperator(BaseOperator):
 
     Blobs are streamed in chunks (never whole into memory). Every failure is collected and raised at once as
     ``DataValidationError`` (not retried: the data must be fixed first). An HTML Data Docs report is written to
-    ``reports_dir/<dag_id>/<run_id>/index.html`` on success and failure, and its path is logged. Returns a
-    summary (window, partitions, row counts, data fingerprint, Data Docs path) to XCom: no data values.
+    ``reports_dir/<dag_id>/<run_id>/index.html`` on success and failure, and its path is logged. Blobs that are not
+    data (``_SUCCESS`` markers, ``.crc`` checksums, ...) are not validated and are listed as ignored. Returns a
+    summary to XCom (window, partitions, row counts, ignored blobs, Data Docs path, and the ``manifest`` of the
+    validated blobs with ETag and Content-MD5 plus its data fingerprint: what training must read): no data values.
 
     :param wasb_conn_id: Airflow connection of the blob storage (wasb).
     :param container: blob container holding the ``dt=YYYY-MM-DD/part-NNNN.csv`` partitions.
@@ -87,7 +89,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         container_client = self.hook.get_conn().get_container_client(self.container)
         partitions = blob_partitions(container_client, window)
         self.log.info(
-            "Validating training window %s: %d blobs in container %s, %d days expected.",
+            "Validating training window %s: %d blobs listed in container %s, %d days expected.",
             window.label, len(partitions), self.container, len(window.days),
         )
         try:
@@ -103,7 +105,9 @@ class ValidateTrainingDataOperator(BaseOperator):
             # Logged on success and failure alike: the report is where a failed run is diagnosed.
             self.log.info("Data Docs report: %s", docs_dir / "index.html")
         self.log.info(
-            "Training window %s passed: %d rows in %d partitions, data fingerprint %s.",
-            summary["window"], summary["row_count"], len(summary["partitions"]), summary["data_fingerprint"],
+            "Training window %s passed: %d rows in %d data blobs (%d other blobs ignored), data fingerprint %s; "
+            "training reads exactly these blobs (manifest in this task's XCom).",
+            summary["window"], summary["row_count"], len(summary["manifest"]), summary["ignored_blob_count"],
+            summary["data_fingerprint"],
         )
         return summary
