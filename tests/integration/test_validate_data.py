@@ -135,3 +135,164 @@ def test_generator_is_deterministic(edge_env, container):
         assert first_digests == digests(second)
     finally:
         service.delete_container(second)
+
+
+def _docs_tokens(root: Path) -> tuple[str, set[str]]:
+    """The visible text of every Data Docs page under ``root`` (markup and static assets left out), and its words."""
+    import html
+    import re
+
+    pages = [p for p in root.rglob("*.html") if "static" not in p.relative_to(root).parts]
+    text = "\n".join(p.read_text() for p in pages)
+    text = re.sub(r"<(style|script|svg)\b.*?</\1>", " ", text, flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    return text, set(re.split(r"[\s,;:()\[\]{}'\"]+", text))
+
+
+def test_part_without_header_fails_without_echoing_its_first_row(edge_env, container, tmp_path, caplog):
+    import logging
+
+    from azure.storage.blob import ContainerClient
+
+    caplog.set_level(logging.INFO)
+
+    out = generate(edge_env, container, "--corrupt", "no-header", "--corrupt-date", "2026-11-02")
+    assert "the header line is missing" in out
+    client = ContainerClient.from_connection_string(edge_env.blob_connection_string, container)
+    first_line = client.download_blob("dt=2026-11-02/part-0000.csv").readall().decode().split("\n", 1)[0]
+    cells = first_line.split(",")
+    assert cells[0].startswith("M-") and len(cells) == 9  # a data row, really
+
+    with pytest.raises(DataValidationError) as caught:
+        operator(container, tmp_path).execute(context())
+    message = str(caught.value)
+    assert (
+        "dt=2026-11-02/part-0000.csv: expect_table_columns_to_match_ordered_list: the first line has 9 field(s) and "
+        "none is an expected column name: it looks like a data row"
+    ) in message
+    assert "1 failure(s) in 1 of 6 partition(s)" in message
+    text, tokens = _docs_tokens(tmp_path)
+    assert "it looks like a data row" in text
+    for cell in cells:
+        if cell in ("0", "1"):
+            continue  # the label: digits every page holds
+        for where, found in (("error", message), ("log", caplog.text), ("Data Docs", tokens)):
+            assert cell not in found, f"cell {cell!r} of the first row is in the {where}"
+    assert cells[0] not in text and cells[1] not in text  # machine id, timestamp: not even inside a longer word
+
+
+def test_markers_beside_the_parts_are_ignored_and_listed(edge_env, container, tmp_path, caplog):
+    import logging
+
+    out = generate(edge_env, container, "--corrupt", "markers", "--corrupt-date", "2026-11-02")
+    assert "Added to dt=2026-11-02/: a _SUCCESS marker" in out
+    caplog.set_level(logging.INFO)
+    summary = operator(container, tmp_path).execute(context())
+
+    assert summary["success"] is True
+    assert summary["ignored_blobs"] == ["dt=2026-11-02/.part-0000.csv.crc", "dt=2026-11-02/_SUCCESS"]
+    assert summary["ignored_blob_count"] == 2
+    assert len(summary["partitions"]) == 6 and summary["row_count"] == 9000
+    assert (
+        "Ignoring 2 blob(s) that are not data (markers, checksums, hidden or non-CSV files), not validated: "
+        "dt=2026-11-02/.part-0000.csv.crc, dt=2026-11-02/_SUCCESS"
+    ) in caplog.text
+    assert "_SUCCESS: 0 rows" not in caplog.text
+
+
+def test_manifest_is_what_the_store_lists(edge_env, container, tmp_path):
+    from azure.storage.blob import ContainerClient
+
+    from edge_training.fingerprint import blob_manifest
+
+    generate(edge_env, container, "--corrupt", "markers", "--corrupt-date", "2026-11-01")
+    summary = operator(container, tmp_path).execute(context())
+    client = ContainerClient.from_connection_string(edge_env.blob_connection_string, container)
+    listed = {
+        b.name: {
+            "name": b.name, "etag": b.etag, "content_md5": bytes(b.content_settings.content_md5).hex(), "size": b.size,
+        }
+        for b in client.list_blobs() if b.name.endswith(".csv") and not b.name.split("/")[-1].startswith(".")
+    }  # fmt: skip
+    assert summary["manifest"] == [listed[name] for name in sorted(listed)]
+    assert summary["data_fingerprint"] == blob_manifest.data_fingerprint(summary["manifest"])
+    # The ETag is the service's own: a conditional read with it is accepted as long as the blob is unchanged.
+    first = summary["manifest"][0]
+    from azure.core import MatchConditions
+
+    data = client.download_blob(first["name"], etag=first["etag"], match_condition=MatchConditions.IfNotModified)
+    assert len(data.readall()) == first["size"]
+
+
+class _RewritingClient:
+    """A real ContainerClient that overwrites one blob (in Azurite) right after the first range of it was read."""
+
+    def __init__(self, client, name: str) -> None:
+        self._client, self._name, self.rewritten = client, name, False
+
+    def __getattr__(self, attr):
+        return getattr(self._client, attr)
+
+    def download_blob(self, name, **kwargs):
+        downloader = self._client.download_blob(name, **kwargs)
+        if name == self._name and not self.rewritten:
+            # A writer re-exports the part (a new version, as the service's ETag says) while it is being read.
+            content = self._client.download_blob(name).readall()
+            self._client.upload_blob(name, content.replace(b"M-0001", b"M-0002", 1), overwrite=True)
+            self.rewritten = True
+        return downloader
+
+
+def test_blob_rewritten_during_validation_fails_and_says_to_rerun(edge_env, container, tmp_path, monkeypatch):
+    from azure.storage.blob import ContainerClient
+
+    from edge_training import config, validation
+    from edge_training.exceptions import EdgeTrainingError
+    from edge_training.window import TrainingWindow
+
+    generate(edge_env, container)
+    # Several ranges per blob, so a rewrite lands between two reads of the same blob.
+    monkeypatch.setattr(validation, "DOWNLOAD_RANGE_BYTES", 16 * 1024)
+    real = ContainerClient.from_connection_string(edge_env.blob_connection_string, container)
+    client = _RewritingClient(real, "dt=2026-11-02/part-0001.csv")
+    window = TrainingWindow(start=datetime(2026, 11, 1).date(), end=datetime(2026, 11, 4).date())
+    with pytest.raises(EdgeTrainingError) as caught:
+        validation.validate_partitions(
+            validation.blob_partitions(client, window), window.days, suite_path=config.EXPECTATION_SUITE_PATH,
+            docs_dir=tmp_path, chunk_rows=1000, window_label=window.label,
+        )
+    assert client.rewritten
+    message = str(caught.value)
+    assert not isinstance(caught.value, DataValidationError)  # retried: the data is not known to be bad
+    assert message.startswith(
+        "Blob dt=2026-11-02/part-0001.csv was rewritten while the training window was being validated"
+    )
+    assert "Re-run validate_data" in message
+
+
+def test_task_log_holds_the_pipelines_lines_not_great_expectations_internals(pipeline):
+    """The real task in Airflow (``airflow tasks test`` on the DAG file): its log is what a person reads.
+
+    Before Great Expectations' loggers were quieted in the task this printed 275 lines, 248 of them its internals.
+    """
+    from tests.integration.conftest import ROWS_PER_DAY
+
+    done = pipeline.airflow(
+        "tasks", "test", "edge_training", "validate_data", "2026-06-10T02:00:00+00:00",
+        "-t", json.dumps({"window_days": 3}), timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    lines = [line for line in log.splitlines() if line.strip()]
+    for noise in ("Skipping registering function", "_get_default_value called with key", "great_expectations"):
+        assert noise not in log
+    # The pipeline's own lines are all there.
+    window = "2026-06-07..2026-06-10"
+    for line in (
+        f"Validating training window {window}: 3 blobs listed",
+        *(f"Validated dt=2026-06-0{d}/part-0000.csv: {ROWS_PER_DAY} rows, passed" for d in (7, 8, 9)),
+        "Data Docs report: ",
+        f"Training window {window} passed: {3 * ROWS_PER_DAY} rows in 3 data blobs",
+    ):
+        assert line in log
+    assert len(lines) < 40, "\n".join(lines)

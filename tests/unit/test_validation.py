@@ -169,7 +169,8 @@ def test_wrong_dtype_names_column_and_row(tmp_path):
     data_rows = rows(30)
     data_rows[11][HEADER.index("rpm")] = "abc"
     message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=8)
-    assert f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64 (first at data row 12)" in message
+    expected = f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64 (first at data row 12)"
+    assert expected in message
     assert "abc" not in message and "abc" not in docs_text(tmp_path)
 
 
@@ -358,11 +359,11 @@ def test_blob_rewritten_during_validation_is_reported(tmp_path):
     data = csv(rows(10))
     opener = validation._blob_opener(_RangeClient(data, current_etag="0x2"), NAME, "0x1", len(data))
     stale = PartitionSource(NAME, "0x1", len(data), opener)
-    with pytest.raises(EdgeTrainingError, match=r"was rewritten while the training window was being validated") as caught:
+    with pytest.raises(EdgeTrainingError, match=r"was rewritten while the training window was being validated") as err:
         run(tmp_path, [stale])
-    assert "listed with ETag 0x1" in str(caught.value) and "Re-run validate_data" in str(caught.value)
-    assert not isinstance(caught.value, DataValidationError)  # retried, not a data failure
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert "listed with ETag 0x1" in str(err.value) and "Re-run validate_data" in str(err.value)
+    assert not isinstance(err.value, DataValidationError)  # retried, not a data failure
+    assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 @pytest.mark.parametrize(
