@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge_training.exceptions import DataValidationError
+from tests._data_docs import docs_text, docs_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -137,18 +138,6 @@ def test_generator_is_deterministic(edge_env, container):
         service.delete_container(second)
 
 
-def _docs_tokens(root: Path) -> tuple[str, set[str]]:
-    """The visible text of every Data Docs page under ``root`` (markup and static assets left out), and its words."""
-    import html
-    import re
-
-    pages = [p for p in root.rglob("*.html") if "static" not in p.relative_to(root).parts]
-    text = "\n".join(p.read_text() for p in pages)
-    text = re.sub(r"<(style|script|svg)\b.*?</\1>", " ", text, flags=re.S)
-    text = html.unescape(re.sub(r"<[^>]+>", " ", text))
-    return text, set(re.split(r"[\s,;:()\[\]{}'\"]+", text))
-
-
 def test_part_without_header_fails_without_echoing_its_first_row(edge_env, container, tmp_path, caplog):
     import logging
 
@@ -171,7 +160,7 @@ def test_part_without_header_fails_without_echoing_its_first_row(edge_env, conta
         "none is an expected column name: it looks like a data row"
     ) in message
     assert "1 failure(s) in 1 of 6 partition(s)" in message
-    text, tokens = _docs_tokens(tmp_path)
+    text, tokens = docs_text(tmp_path), docs_tokens(tmp_path)
     assert "it looks like a data row" in text
     for cell in cells:
         if cell in ("0", "1"):

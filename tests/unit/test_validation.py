@@ -15,6 +15,7 @@ from edge_training import config
 from edge_training.exceptions import DataValidationError
 from edge_training.fingerprint import blob_manifest, data_fingerprint, is_data_blob
 from edge_training.validation import PartitionSource, _ChunkStream, validate_partitions
+from tests._data_docs import docs_text, docs_tokens
 
 HEADER = [
     "machine_id", "timestamp", "temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct",
@@ -48,24 +49,6 @@ def source(name: str, data: bytes, etag: str = '"etag-1"', content_md5: str | No
     return PartitionSource(
         name=name, etag=etag, size=len(data), opener=lambda: io.BytesIO(data), content_md5=content_md5
     )
-
-
-def docs_text(tmp_path) -> str:
-    """The text of every page of the Data Docs site, markup and the site's static assets left out."""
-    import html
-    import re
-
-    pages = [p for p in (tmp_path / "docs").rglob("*.html") if "static" not in p.relative_to(tmp_path).parts]
-    text = "\n".join(p.read_text() for p in pages)
-    text = re.sub(r"<(style|script|svg)\b.*?</\1>", " ", text, flags=re.S)
-    return html.unescape(re.sub(r"<[^>]+>", " ", text))
-
-
-def docs_tokens(tmp_path) -> set[str]:
-    """The words and numbers of the Data Docs pages, to look for a whole cell value in them."""
-    import re
-
-    return set(re.split(r"[\s,;:()\[\]{}'\"]+", docs_text(tmp_path)))
 
 
 def run(tmp_path, sources, days=(DAY,), chunk_rows=1000):
@@ -137,7 +120,7 @@ def test_renamed_column(tmp_path):
         in message
     )
     # Only the suite's own names are echoed: a field that is not one could be anything, even a data cell.
-    assert "temp_c" not in message and "temp_c" not in docs_text(tmp_path)
+    assert "temp_c" not in message and "temp_c" not in docs_text(tmp_path / "docs")
 
 
 def test_header_line_missing_fails_without_echoing_the_first_row(tmp_path):
@@ -148,9 +131,9 @@ def test_header_line_missing_fails_without_echoing_the_first_row(tmp_path):
         f"{NAME}: expect_table_columns_to_match_ordered_list: the first line has 9 field(s) and none is an expected "
         "column name: it looks like a data row, not a header; write the header line " + ",".join(HEADER)
     ) in message
-    docs = docs_text(tmp_path)
+    docs = docs_text(tmp_path / "docs")
     assert "it looks like a data row" in docs
-    tokens = docs_tokens(tmp_path)
+    tokens = docs_tokens(tmp_path / "docs")
     for cell in first_row:
         if cell not in ("0", "1"):  # digits that any page holds
             assert cell not in message, cell
@@ -171,7 +154,7 @@ def test_wrong_dtype_names_column_and_row(tmp_path):
     message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=8)
     expected = f"{NAME}: expect_column_values_to_be_of_type(rpm): 1 value(s) are not float64 (first at data row 12)"
     assert expected in message
-    assert "abc" not in message and "abc" not in docs_text(tmp_path)
+    assert "abc" not in message and "abc" not in docs_text(tmp_path / "docs")
 
 
 def test_empty_file(tmp_path):
@@ -244,7 +227,7 @@ def test_data_docs_hold_counts_not_cells(tmp_path):
     data_rows[5][HEADER.index("machine_id")] = "PUMP-SOUTH-7"  # fails the machine id pattern
     data_rows[8][HEADER.index("humidity_pct")] = "131.5"  # out of range: the maximum is an aggregate, shown
     message = failure(tmp_path, [source(NAME, csv(data_rows))], chunk_rows=16)
-    docs = docs_text(tmp_path)
+    docs = docs_text(tmp_path / "docs")
     assert "1 of 50 values do not match ^M-[0-9]{4}$" in message
     for cell in ("2026/11/01 07:13", "PUMP-SOUTH-7", MARKER_TEMPERATURE):
         assert cell not in message and cell not in docs, cell
