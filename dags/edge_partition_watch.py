@@ -39,14 +39,21 @@ def edge_partition_watch():
         mode="reschedule",
     )
     def wait_for_partition(data_interval_end=None):
-        """Done once the day before the interval end has at least one blob under ``dt=YYYY-MM-DD/``."""
+        """Done once the day before the interval end has a data blob under ``dt=YYYY-MM-DD/``.
+
+        Markers and other files that are not data (``_SUCCESS``, ``_temporary/``, ``.crc``) do not count: a day
+        holding only those would start a training run that validation must refuse.
+        """
         from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
+        from edge_training.fingerprint import is_data_blob
         from edge_training.window import partition_prefix
 
         day = (data_interval_end - timedelta(days=1)).date()
-        prefix = partition_prefix(day)
-        landed = WasbHook(wasb_conn_id=config.BLOB_CONN_ID).check_for_prefix(config.BLOB_CONTAINER, prefix)
+        names = WasbHook(wasb_conn_id=config.BLOB_CONN_ID).get_blobs_list_recursive(
+            config.BLOB_CONTAINER, prefix=partition_prefix(day)
+        )
+        landed = any(is_data_blob(name) for name in names)
         return PokeReturnValue(is_done=landed, xcom_value={"partition": day.isoformat()})
 
     @task(outlets=[NEW_PARTITION])
