@@ -149,6 +149,8 @@ def edge_training():
         window_days="{{ params.window_days }}",
         window_end="{{ params.window_end }}",
         training_params="{{ params.training_params }}",
+        # Exactly the blobs validate_data checked are trained (by ETag); a blob changed since fails the task.
+        validation=validate_data.output,
         pool=config.VM_POOL,
         execution_timeout=timedelta(hours=12),
         # At the site the edge worker polls the VM itself: the central triggerer has no route to it.
@@ -161,6 +163,7 @@ def edge_training():
         window_days="{{ params.window_days }}",
         window_end="{{ params.window_end }}",
         training_params="{{ params.training_params }}",
+        validation=validate_data.output,
         execution_timeout=timedelta(hours=12),
     )
 

@@ -8,14 +8,23 @@ Usage::
 
     python train.py --container sensor-readings --start 2026-11-01 --end 2026-11-08 --out OUT_DIR \\
         --scratch SCRATCH_DIR [--champion CHAMPION.onnx] [--holdout-days 1] \\
-        [--params '{"n_estimators": 200, "max_depth": 6}'] [--seed 0] [--connection-string-file PATH | --data-dir DIR]
+        [--params '{"n_estimators": 200, "max_depth": 6}'] [--seed 0] [--manifest MANIFEST.json] \
+        [--connection-string-file PATH | --data-dir DIR]
 
-Blob credentials come from ``--connection-string-file`` (an owner-only file, mode 0600) or the environment variable
-``EDGE_BLOB_CONNECTION_STRING``; they are never printed. With ``--data-dir`` (where an Azure ML job mounts the
+Blob credentials come from ``--connection-string-file`` (an owner-only file, mode 0600, deleted as soon as it has
+been read) or the environment variable ``EDGE_BLOB_CONNECTION_STRING``; they are never printed, and every URL is
+logged without its query (a SAS token there is a credential). With ``--data-dir`` (where an Azure ML job mounts the
 container) the partitions are read from that folder and no credentials are needed. Blob layout:
-``dt=YYYY-MM-DD/part-NNNN.csv`` (CSV with a header row), one folder ("partition") per day. The training window is
-the days ``start`` up to ``end`` (exclusive); its newest ``--holdout-days`` day(s) are the holdout, the earlier
-days train the model.
+``dt=YYYY-MM-DD/part-NNNN.csv`` (CSV with a header row), one folder ("partition") per day; which blobs are data is
+decided by ``blob_manifest.is_data_blob`` (markers such as ``_SUCCESS`` are not). The training window is the days
+``start`` up to ``end`` (exclusive); its newest ``--holdout-days`` day(s) are the holdout, the earlier days train
+the model.
+
+``--manifest`` names the JSON document of exactly the blobs ``validate_data`` validated
+(``{"validation_id", "data_fingerprint", "blobs": [{"name", "etag", "content_md5", "size"}]}``). The window is then
+not listed: those blobs, and only those, are downloaded, each on the condition that its ETag is unchanged
+(If-Match), and their size and Content-MD5 are checked. A blob that changed or vanished since validation fails the
+job with exit code 2, naming it. On a mounted folder (``--data-dir``) sizes and MD5s are checked.
 
 The model is a scikit-learn ``RandomForestClassifier`` (skl2onnx converts it exactly) on the numeric sensor
 features; ``--params`` takes its hyperparameters (``random_state`` comes from ``--seed``).
@@ -25,8 +34,10 @@ Outputs, and nothing else, in ``OUT_DIR``:
 - ``model.onnx``: float32 input named ``input`` (columns in the order of ``features`` in metrics.json), outputs
   ``label`` and ``probabilities`` (column 1 = probability of a failure within 24 h).
 - ``metrics.json``: holdout metrics (``roc_auc`` is the primary one), ``champion_metrics`` (the ``--champion`` model
-  scored on the same holdout, or null), features, training and holdout windows, row counts, a fingerprint of the
-  data read, ``training_seconds``, library versions and the ONNX-vs-scikit-learn parity check.
+  scored on the same holdout, or null), features, training and holdout windows, row counts, the
+  ``data_fingerprint`` of the blobs read (``blob_manifest.data_fingerprint``, the scheme validation uses, so the
+  two are equal when training read what was validated), ``training_seconds``, library versions and the
+  ONNX-vs-scikit-learn parity check.
 
 ``SCRATCH_DIR`` holds downloaded partitions while they are parsed and is removed at the end, also on failure.
 
@@ -36,7 +47,7 @@ Holdout metrics (scored with the exported ONNX model, threshold 0.5 for f1/accur
 missing feature or label are dropped and counted in ``rows.dropped_incomplete``.
 
 Exit codes: 0 success; 2 the request cannot succeed as given (bad arguments, credentials refused, a training window
-without usable data) - retrying will not help; 1 any other failure (network, out of memory, ...) - may be retried;
+without usable data, a blob changed since validation) - retrying will not help; 1 any other failure (network, out of memory, ...) - may be retried;
 143 stopped by SIGTERM (scratch still removed).
 Progress goes to stderr, one line per step; the last line says what happened. No data rows are ever printed.
 """
@@ -46,6 +57,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -57,6 +69,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 FEATURES = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct", "power_kw"]
 LABEL = "failure_within_24h"
@@ -73,7 +86,6 @@ DEFAULT_PARAMS = {
 }
 # random_state is --seed; the others would only change logging or incremental fitting, never the model asked for.
 RESERVED_PARAMS = {"random_state", "verbose", "warm_start"}
-PART_NAME = re.compile(r"^part-\d{4,}\.csv$")
 SCRATCH_MARKER = ".edge-training-scratch"
 DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 CONNECTION_STRING_ENV = "EDGE_BLOB_CONNECTION_STRING"
@@ -82,6 +94,18 @@ OUTPUT_FILES = ("model.onnx", "metrics.json")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 log = logging.getLogger("train")
+
+
+def _load_blob_manifest():
+    # Loaded by path, not imported: train.py also runs loaded from a file by path (tests), not only as a script.
+    spec = importlib.util.spec_from_file_location("edge_blob_manifest", Path(__file__).with_name("blob_manifest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The data-blob rule and the fingerprint scheme validation uses too: the two sides agree by construction.
+blob_manifest = _load_blob_manifest()
 
 
 class UsageError(Exception):
@@ -125,6 +149,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-dir", type=Path,
         help="read the dt=YYYY-MM-DD/ partitions from this folder (e.g. an Azure ML job's mounted uri_folder input) "
              "instead of blob storage; --container is then only recorded",
+    )
+    parser.add_argument(
+        "--manifest", type=Path,
+        help="JSON manifest of exactly the blobs validate_data validated; they are read (If-Match their ETags) "
+             "instead of listing the window",
     )
     # Tests read the same layout from a local folder (SOURCE_DIR/<container>/dt=.../part-NNNN.csv).
     parser.add_argument("--source-dir", type=Path, help=argparse.SUPPRESS)
@@ -187,6 +216,7 @@ def model_params(raw: str) -> dict:
 
 
 def read_connection_string(path: Path | None) -> str:
+    """The blob connection string from ``path`` (deleted once read: it must not outlive its use) or the env."""
     if path is not None:
         try:
             mode = path.stat().st_mode
@@ -197,6 +227,9 @@ def read_connection_string(path: Path | None) -> str:
             raise UsageError(f"--connection-string-file {path} has mode {oct(mode & 0o777)}; a file holding "
                              f"credentials must be readable by its owner only. Run: chmod 600 {path}")
         value = path.read_text(encoding="utf-8").strip()
+        # Read once at start-up: nothing later needs the file, and a credential on disk is one more to steal.
+        path.unlink()
+        log.info("read the blob credentials and removed %s", path)
         origin = f"file {path}"
     else:
         value = os.environ.get(CONNECTION_STRING_ENV, "").strip()
@@ -210,6 +243,76 @@ def read_connection_string(path: Path | None) -> str:
     return value
 
 
+def read_manifest(path: Path) -> dict:
+    """The manifest of the blobs validation checked: ``{"validation_id", "data_fingerprint", "blobs": [...]}``.
+
+    Each blob entry is ``{"name", "etag", "content_md5", "size"}``. The document's ``data_fingerprint`` (when
+    given) must match its blobs, so a truncated or hand-edited manifest is refused rather than trained on.
+    """
+    advice = "Re-run the DAG run from validate_data, which writes the manifest training reads."
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--manifest {path} cannot be read ({exc.strerror}). {advice}") from None
+    except ValueError as exc:
+        raise UsageError(f"--manifest {path} is not JSON ({exc}). {advice}") from None
+    blobs = document.get("blobs") if isinstance(document, dict) else None
+    if not isinstance(blobs, list):
+        raise UsageError(f"--manifest {path} has no list 'blobs' (found {type(document).__name__} with keys "
+                         f"{sorted(document) if isinstance(document, dict) else []}). {advice}")
+    for i, entry in enumerate(blobs):
+        ok = (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]
+              and isinstance(entry.get("size"), int) and entry["size"] >= 0
+              and isinstance(entry.get("etag"), (str, type(None)))
+              and isinstance(entry.get("content_md5"), (str, type(None))))
+        if not ok:
+            raise UsageError(f"--manifest {path}: entry {i} is not {{name, etag, content_md5, size}} with a name "
+                             f"and a size >= 0. {advice}")
+    expected = document.get("data_fingerprint")
+    if expected and blob_manifest.data_fingerprint(blobs) != expected:
+        raise UsageError(f"--manifest {path}: its {len(blobs)} blob(s) do not add up to its data_fingerprint "
+                         f"{expected}; the manifest is incomplete or was edited. {advice}")
+    return {"validation_id": document.get("validation_id"), "data_fingerprint": expected, "blobs": blobs}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Secrets in text: URLs and connection strings are made safe before they are logged or put in an error
+# ---------------------------------------------------------------------------------------------------------------
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# A path with a query, as HTTP libraries quote a request ("Max retries exceeded with url: /c?comp=list&sig=...").
+_QUERY_IN_TEXT = re.compile(r"(/[^\s'\"<>?]*)\?[^\s'\"<>]*")
+_SECRET_SETTING = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature)=[^;\s'\"]+")
+_SIGNATURE = re.compile(r"(?i)\bsig=[^&;\s'\"]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query, fragment and user:password (a SAS token in the query is a credential).
+
+    :param url: any URL, e.g. a ``BlobServiceClient.url`` carrying ``?sv=...&sig=...``.
+    """
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "<URL not shown>"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL's query and every account key / SAS value removed (e.g. a traceback tail)."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    text = _QUERY_IN_TEXT.sub(r"\1", text)
+    text = _SECRET_SETTING.sub(lambda m: f"{m.group(1)}=<redacted>", text)
+    return _SIGNATURE.sub("<signature redacted>", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats like ``logging.Formatter``, then redacts: no log line of the job can carry a credential."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the training window
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,8 +322,48 @@ def partition_name(day: dt.date) -> str:
     return f"dt={day.isoformat()}"
 
 
+def _copy_hashed(chunks, dest: Path) -> tuple[int, str]:
+    """Write ``chunks`` to ``dest``; return (bytes written, MD5 hex of them)."""
+    size, md5 = 0, hashlib.md5(usedforsecurity=False)
+    with open(dest, "wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest()
+
+
+def _changed(name: str, what: str) -> str:
+    return f"{name} {what}"
+
+
+def _expected_md5(entry: dict | None) -> str | None:
+    md5 = (entry or {}).get("content_md5")
+    return md5.lower() if md5 else None
+
+
+class BlobChanged(UsageError):
+    """Blobs of the manifest changed or vanished since validation: training them would train unvalidated data."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self, problems: list[str], validation_id: str | None = None) -> None:
+        self.problems = problems
+        shown = "; ".join(problems[: self.MAX_SHOWN])
+        more = f"; and {len(problems) - self.MAX_SHOWN} more" if len(problems) > self.MAX_SHOWN else ""
+        super().__init__(
+            f"{len(problems)} blob(s) of the training window changed since validation"
+            f"{f' {validation_id}' if validation_id else ''}: {shown}{more}. Training reads exactly the blobs "
+            f"validate_data checked, so nothing was trained. Re-run this DAG run from validate_data (clear "
+            f"validate_data and its downstream tasks) to validate the current data and train on it."
+        )
+
+
 class LocalSource:
-    """The blob layout mirrored in a local folder: ``root/<container>/dt=YYYY-MM-DD/part-NNNN.csv``."""
+    """The blob layout mirrored in a local folder: ``root/<container>/dt=YYYY-MM-DD/part-NNNN.csv``.
+
+    A mounted folder has no ETags: a manifest's blobs are checked by size and, where the manifest has one, MD5.
+    """
 
     def __init__(self, root: Path, container: str) -> None:
         self.root = root / container
@@ -235,14 +378,33 @@ class LocalSource:
             return []
         return sorted(f"{partition_name(day)}/{p.name}" for p in folder.iterdir())
 
-    def download(self, name: str, dest: Path, digest) -> int:
-        size = 0
-        with open(self.root / name, "rb") as src, open(dest, "wb") as out:
-            for chunk in iter(lambda: src.read(DOWNLOAD_CHUNK_BYTES), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-        return size
+    def check(self, entries: list[dict]) -> list[str]:
+        """Blobs of the manifest that are gone or have another size now (cheap: one stat each)."""
+        problems = []
+        for entry in entries:
+            try:
+                size = (self.root / entry["name"]).stat().st_size
+            except FileNotFoundError:
+                problems.append(_changed(entry["name"], "is gone"))
+                continue
+            if size != entry["size"]:
+                problems.append(_changed(entry["name"], f"is now {size} bytes, validated at {entry['size']}"))
+        return problems
+
+    def download(self, name: str, dest: Path, expected: dict | None = None) -> dict:
+        """Copy one part to ``dest``; return the manifest entry of what was read, plus its ``md5``."""
+        try:
+            with open(self.root / name, "rb") as src:
+                size, md5 = _copy_hashed(iter(lambda: src.read(DOWNLOAD_CHUNK_BYTES), b""), dest)
+        except FileNotFoundError:
+            if expected is None:
+                raise
+            raise BlobChanged([_changed(name, "is gone")]) from None
+        if expected is None:
+            return {"name": name, "etag": None, "content_md5": md5, "size": size, "md5": md5}
+        # What was read is the validated version when size and (if known) MD5 match: fingerprint it as such.
+        return {"name": name, "etag": expected.get("etag"), "content_md5": md5 if _expected_md5(expected) else None,
+                "size": size, "md5": md5}
 
 
 class BlobSource:
@@ -261,32 +423,79 @@ class BlobSource:
             raise UsageError("The blob connection string is malformed (it did not parse). Check the edge_blob "
                              "connection's connection string.") from None
         self.container = service.get_container_client(container)
-        self.where = f"container {container} at {service.url.rstrip('/')}"
-        self._not_found = ResourceNotFoundError
+        # service.url carries the SAS query (…&sig=…) when the credential is a SAS: never show it.
+        endpoint = redact_url(service.url).rstrip("/")
+        self.where = f"container {container} at {endpoint}"
         try:
-            self.container.get_container_properties()
+            # A one-blob listing: it needs only the read+list a container-scoped SAS grants.
+            list(next(self.container.list_blobs(results_per_page=1).by_page(), []))
         except ResourceNotFoundError:
-            raise UsageError(f"Blob container {container!r} does not exist at {service.url}. Check --container and "
+            raise UsageError(f"Blob container {container!r} does not exist at {endpoint}. Check --container and "
                              f"the edge_blob connection's endpoint.") from None
         except HttpResponseError as exc:
             # Azure says AuthenticationFailed (ClientAuthenticationError), Azurite AuthorizationFailure: both 403.
             if exc.status_code not in (401, 403):
                 raise
-            raise UsageError(f"Blob storage at {service.url} refused the credentials (HTTP {exc.status_code} "
+            raise UsageError(f"Blob storage at {endpoint} refused the credentials (HTTP {exc.status_code} "
                              f"{exc.error_code}). Check the account key / SAS token in the edge_blob connection "
-                             f"(a SAS needs read and list permission on the container).") from None
+                             f"(a SAS needs read and list permission on the container and must not have "
+                             f"expired).") from None
 
     def list_parts(self, day: dt.date) -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=partition_name(day) + "/"))
 
-    def download(self, name: str, dest: Path, digest) -> int:
-        size = 0
-        with open(dest, "wb") as out:
-            for chunk in self.container.download_blob(name, max_concurrency=1).chunks():
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-        return size
+    @staticmethod
+    def _if_unchanged(expected: dict | None) -> dict:
+        from azure.core import MatchConditions
+
+        if not expected or not expected.get("etag"):
+            return {}
+        return {"etag": expected["etag"], "match_condition": MatchConditions.IfNotModified}
+
+    def check(self, entries: list[dict]) -> list[str]:
+        """Blobs of the manifest that changed (ETag, size, MD5) or are gone, by their properties (no download)."""
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        problems = []
+        for entry in entries:
+            try:
+                props = self.container.get_blob_client(entry["name"]).get_blob_properties(**self._if_unchanged(entry))
+            except ResourceModifiedError:
+                problems.append(_changed(entry["name"], f"was rewritten (ETag no longer {entry['etag']})"))
+                continue
+            except ResourceNotFoundError:
+                problems.append(_changed(entry["name"], "is gone"))
+                continue
+            problems += self._mismatch(entry, int(props.size), props.content_settings.content_md5)
+        return problems
+
+    @staticmethod
+    def _mismatch(entry: dict, size: int, stored_md5) -> list[str]:
+        if size != entry["size"]:
+            return [_changed(entry["name"], f"is now {size} bytes, validated at {entry['size']}")]
+        md5 = bytes(stored_md5).hex() if stored_md5 else None
+        if _expected_md5(entry) and md5 and md5 != _expected_md5(entry):
+            return [_changed(entry["name"], "has another Content-MD5 than validated")]
+        return []
+
+    def download(self, name: str, dest: Path, expected: dict | None = None) -> dict:
+        """Download one part to ``dest`` (If-Match the manifest's ETag); return the manifest entry of what was read."""
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            # Every range request carries the same If-Match: a rewrite half-way through fails, never mixes versions.
+            downloader = self.container.download_blob(name, max_concurrency=1, **self._if_unchanged(expected))
+            size, md5 = _copy_hashed(downloader.chunks(), dest)
+        except ResourceModifiedError:
+            raise BlobChanged([_changed(name, f"was rewritten (ETag no longer {expected['etag']})")]) from None
+        except ResourceNotFoundError:
+            if expected is None:
+                raise
+            raise BlobChanged([_changed(name, "is gone")]) from None
+        props = downloader.properties
+        stored = props.content_settings.content_md5 if props.content_settings else None
+        return {"name": name, "etag": props.etag, "content_md5": bytes(stored).hex() if stored else None,
+                "size": size, "md5": md5}
 
 
 def read_part(path: Path, name: str):
@@ -311,34 +520,73 @@ def read_part(path: Path, name: str):
     return frame
 
 
-def load_window(source, days: list[dt.date], scratch: Path):
-    """Download and parse every part of every day; returns (frame with a ``day`` column, per-partition stats)."""
+def load_window(source, days: list[dt.date], scratch: Path, manifest: dict | None = None):
+    """Download and parse every part of every day; returns (frame with a ``day`` column, per-partition stats,
+    data fingerprint of the blobs read).
+
+    :param manifest: the blobs validation checked (see :func:`read_manifest`): exactly those are read, each checked
+        against its entry; None lists each day's data blobs instead.
+    """
     import pandas as pd
 
-    frames, partitions, fingerprints, missing = [], [], [], []
+    by_day: dict[str, list[dict]] = {}
+    if manifest is not None:
+        wanted = {partition_name(day) for day in days}
+        outside = sorted(e["name"] for e in manifest["blobs"]
+                         if e["name"].split("/", 1)[0] not in wanted or not blob_manifest.is_data_blob(e["name"]))
+        if outside:
+            raise UsageError(
+                f"The manifest of validation {manifest['validation_id']} lists {len(outside)} blob(s) that are not "
+                f"data blobs of the training window {partition_name(days[0])}..{partition_name(days[-1])}, e.g. "
+                f"{outside[:3]}: validation and training disagree on the window. Re-run the DAG run from "
+                f"validate_data."
+            )
+        for entry in manifest["blobs"]:
+            by_day.setdefault(entry["name"].split("/", 1)[0], []).append(entry)
+        # Everything is checked before the first download: a changed blob fails in seconds, naming all of them.
+        problems = source.check(manifest["blobs"])
+        if problems:
+            raise BlobChanged(problems, manifest["validation_id"])
+        log.info("reading the %d blob(s) validation %s checked (no listing; each must be unchanged)",
+                 len(manifest["blobs"]), manifest["validation_id"])
+
+    frames, partitions, read, missing = [], [], [], []
     for day in days:
         started = time.monotonic()
-        names = source.list_parts(day)
-        parts = [n for n in names if PART_NAME.match(n.rsplit("/", 1)[-1])]
-        if len(parts) != len(names):
-            log.info("%s: ignoring %d object(s) not named part-NNNN.csv", partition_name(day), len(names) - len(parts))
+        if manifest is not None:
+            entries = sorted(by_day.get(partition_name(day), []), key=lambda e: e["name"])
+        else:
+            names = source.list_parts(day)
+            entries = [{"name": n} for n in names if blob_manifest.is_data_blob(n)]
+            if len(entries) != len(names):
+                log.info("%s: ignoring %d object(s) that are not data (markers, checksums, ...)",
+                         partition_name(day), len(names) - len(entries))
         rows = size = 0
-        for name in parts:
-            digest = hashlib.sha256()
+        for entry in entries:
+            name = entry["name"]
+            expected = entry if manifest is not None else None
             local = scratch / name.replace("/", "_")
-            size += source.download(name, local, digest)
+            got = source.download(name, local, expected)
+            if expected is not None:
+                changed = BlobSource._mismatch(expected, got["size"], None)
+                if not changed and _expected_md5(expected) and got["md5"] != _expected_md5(expected):
+                    changed = [_changed(name, "has another MD5 than validated")]
+                if changed:
+                    local.unlink()
+                    raise BlobChanged(changed, manifest["validation_id"])
+            size += got["size"]
             frame = read_part(local, name)
             local.unlink()  # keeps the scratch folder at one part's size
             frame["day"] = day.toordinal()
             frames.append(frame)
             rows += len(frame)
-            fingerprints.append(f"{name}\t{digest.hexdigest()}")
+            read.append({k: got[k] for k in ("name", "etag", "content_md5", "size")})
         if rows == 0:
             missing.append(partition_name(day))
-            log.info("%s: no rows (%d part file(s))", partition_name(day), len(parts))
+            log.info("%s: no rows (%d part file(s))", partition_name(day), len(entries))
             continue
-        partitions.append({"partition": partition_name(day), "parts": len(parts), "rows": rows, "bytes": size})
-        log.info("%s: %d part(s), %d rows, %.1f MB in %.2f s", partition_name(day), len(parts), rows,
+        partitions.append({"partition": partition_name(day), "parts": len(entries), "rows": rows, "bytes": size})
+        log.info("%s: %d part(s), %d rows, %.1f MB in %.2f s", partition_name(day), len(entries), rows,
                  size / 1e6, time.monotonic() - started)
     if missing:
         raise UsageError(
@@ -346,8 +594,12 @@ def load_window(source, days: list[dt.date], scratch: Path):
             f"{len(missing)} of its {len(days)} day(s): {missing} in {source.where}. Upload those partitions "
             f"(dt=YYYY-MM-DD/part-NNNN.csv), or train on a window that has data for every day."
         )
-    fingerprint = hashlib.sha256("\n".join(sorted(fingerprints)).encode()).hexdigest()
-    return pd.concat(frames, ignore_index=True), partitions, "sha256:" + fingerprint
+    fingerprint = blob_manifest.data_fingerprint(read)
+    if manifest is not None and manifest["data_fingerprint"] and fingerprint != manifest["data_fingerprint"]:
+        # Every blob matched its entry, so the data is the validated data; only how a version is spelled differs.
+        log.warning("the blobs read have data fingerprint %s, validation %s recorded %s (same blobs, sizes and "
+                    "ETags/MD5s were checked)", fingerprint, manifest["validation_id"], manifest["data_fingerprint"])
+    return pd.concat(frames, ignore_index=True), partitions, fingerprint
 
 
 def prepare_rows(frame, train_days: list[dt.date], holdout_days: list[dt.date]) -> dict:
@@ -515,6 +767,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.champion is not None and not args.champion.is_file():
         raise UsageError(f"--champion {args.champion} does not exist. Pass the champion's model.onnx, or run "
                          f"without --champion when there is no champion yet.")
+    manifest = read_manifest(args.manifest) if args.manifest is not None else None
     if args.data_dir is not None:
         source = LocalSource(args.data_dir, "")
     elif args.source_dir is not None:
@@ -530,7 +783,7 @@ def train(args: argparse.Namespace) -> dict:
 
     log.info("training window %s..%s (%d days, end exclusive) from %s; holdout: newest %d day(s)",
              start, end, len(days), source.where, len(holdout_days))
-    frame, partitions, fingerprint = load_window(source, days, args.scratch)
+    frame, partitions, fingerprint = load_window(source, days, args.scratch, manifest)
     rows_read = len(frame)
     split = prepare_rows(frame, train_days, holdout_days)
     del frame
@@ -591,6 +844,9 @@ def train(args: argparse.Namespace) -> dict:
         "rows": {"read": rows_read, "dropped_incomplete": split["dropped"], "train": n_train, "holdout": n_holdout},
         "partitions": partitions,
         "data_fingerprint": fingerprint,
+        # Which validation's manifest was trained (None: the window was listed, not pinned to a validation).
+        "data_manifest": None if manifest is None else {"validation_id": manifest["validation_id"],
+                                                        "blobs": len(manifest["blobs"])},
         "onnx_parity": {"max_abs_diff": max_abs_diff, "tolerance": PARITY_TOLERANCE, "rows_compared": n_holdout,
                         "passed": True},
         "training_seconds": round(training_seconds, 3),
@@ -609,8 +865,10 @@ def _on_signal(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s train: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s train: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # library warnings go through the redacting handler too
     # The Azure SDK logs every request at INFO; URLs and redacted headers would drown the progress lines.
     logging.getLogger("azure").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_signal)

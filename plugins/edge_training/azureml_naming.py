@@ -22,6 +22,7 @@ from edge_training import remote_job
 
 INPUT_DATA = "data"
 INPUT_CHAMPION = "champion"
+INPUT_MANIFEST = "manifest"
 OUTPUT_MODEL = "model"
 
 # Job states as the service reports them (azure.ai.ml.entities.JobStatus values).
@@ -90,11 +91,13 @@ def training_command(
     holdout_days: int = 1,
     params: Mapping[str, Any] | None = None,
     champion: bool = False,
+    manifest: bool = False,
 ) -> str:
     """The command line of the Azure ML job (``${{inputs.*}}`` / ``${{outputs.*}}`` are filled in by Azure ML).
 
     Same training script and arguments as on the edge VM, except that the data comes from the mounted
     ``data`` input (``--data-dir``) instead of blob credentials, and the model goes to the ``model`` output.
+    With ``manifest`` the ``manifest`` input (the blobs validation checked) says which blobs to read.
     """
     args = [
         "python", "train.py",
@@ -111,6 +114,8 @@ def training_command(
         args += ["--params", "'" + json.dumps(dict(params), sort_keys=True).replace("'", "'\\''") + "'"]
     if champion:
         args += ["--champion", "${{inputs.%s}}" % INPUT_CHAMPION]
+    if manifest:
+        args += ["--manifest", "${{inputs.%s}}" % INPUT_MANIFEST]
     return " ".join(args)
 
 

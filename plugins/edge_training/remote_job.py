@@ -15,7 +15,9 @@ Layout under the base dir on the edge VM (default ``~/edge-training``)::
         exit_code                written when train.py ends (143 when killed)
         train.log                stdout and stderr of train.py
         out/  scratch/           model.onnx + metrics.json / temporary data (removed by cleanup)
-        blob.cs  champion.onnx   blob connection string (mode 600) / current champion (removed by cleanup)
+        blob.cs  champion.onnx   read+list SAS of the data container (mode 600; train.py deletes it once read) /
+                                 current champion (removed by cleanup)
+        manifest.json            the blobs validation checked (names, ETags, MD5s, sizes; no data, no secret)
 
 A job id is derived from the task instance, so a retry or a restarted worker finds the same directory and
 re-attaches to the job instead of training twice.
@@ -29,6 +31,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +213,32 @@ def parse_training_params(value: Mapping[str, Any] | str | None) -> dict:
     return validate_training_params(value if value is not None else {})
 
 
+def training_manifest(validation: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    """The document ``train.py --manifest`` reads, from the validation task's result (dict, or JSON text).
+
+    ``{"validation_id", "data_fingerprint", "blobs"}``, ``blobs`` being the result's ``manifest``: exactly the
+    blobs validation checked, as ``{"name", "etag", "content_md5", "size"}``. None when the result has no manifest.
+
+    :param validation: the ``validate_data`` task's XCom result.
+    """
+    if isinstance(validation, str):
+        validation = json.loads(validation) if validation.strip() else None
+    if not validation or validation.get("manifest") is None:
+        return None
+    blobs = validation["manifest"]
+    if not isinstance(blobs, list) or not blobs:
+        raise EdgeTrainingError(
+            f"Checked the validation result {validation.get('validation_id')!r} for the blobs it validated; its "
+            f"manifest is {'empty' if isinstance(blobs, list) else type(blobs).__name__}, so there is nothing "
+            "validated to train on. Re-run the DAG run from validate_data."
+        )
+    return {
+        "validation_id": validation.get("validation_id"),
+        "data_fingerprint": validation.get("data_fingerprint"),
+        "blobs": blobs,
+    }
+
+
 def training_args(
     container: str,
     start: str,
@@ -217,8 +246,13 @@ def training_args(
     holdout_days: int = 1,
     params: Mapping[str, Any] | None = None,
     champion: bool = False,
+    manifest: bool = False,
 ) -> list[str]:
-    """Arguments of ``train.py``; file arguments are relative to the job dir, where the job runs."""
+    """Arguments of ``train.py``; file arguments are relative to the job dir, where the job runs.
+
+    :param champion: the job dir holds ``champion.onnx``, to be scored on the same holdout.
+    :param manifest: the job dir holds ``manifest.json``, the blobs validation checked: train exactly those.
+    """
     args = [
         "--container", container,
         "--start", start,
@@ -232,6 +266,8 @@ def training_args(
         args += ["--params", json.dumps(dict(params), sort_keys=True)]
     if champion:
         args += ["--champion", "champion.onnx"]
+    if manifest:
+        args += ["--manifest", "manifest.json"]
     return args
 
 
@@ -463,6 +499,58 @@ def blob_connection_string(login: str | None, password: str | None, host: str | 
         "extra, nor login (account name) + password (account key), nor a 'sas_token' extra with host. "
         "Add one of them to the connection (the VM reads the data itself, so it needs its own credentials)."
     )
+
+
+def _connection_settings(connection_string: str) -> dict[str, str]:
+    """``Key=Value;...`` of a storage connection string, keys lower-cased (values may contain ``=``)."""
+    settings = {}
+    for part in connection_string.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            settings[name.strip().lower()] = value.strip()
+    return settings
+
+
+def scoped_blob_connection_string(connection_string: str, container: str, expiry: datetime) -> tuple[str, bool]:
+    """The credential the edge VM gets for one job: a read+list SAS on ``container`` only, expiring at ``expiry``.
+
+    Derived from the connection's account key (which never leaves Airflow); a connection that holds a SAS
+    rather than a key is passed through unchanged, since a SAS cannot mint another. Returns
+    ``(connection string, derived)``, ``derived`` False for a passed-through SAS.
+
+    :param connection_string: the blob connection's connection string (see :func:`blob_connection_string`).
+    :param container: the data container the job reads; the SAS is valid for it alone.
+    :param expiry: when the SAS stops working (the training timeout: the job is stopped then anyway).
+    """
+    settings = _connection_settings(connection_string)
+    if not settings.get("accountkey"):
+        if settings.get("sharedaccesssignature"):
+            return connection_string, False
+        raise EdgeTrainingError(
+            "Checked the blob connection string for an AccountKey (to derive a read+list SAS for the edge VM) or a "
+            f"SharedAccessSignature; found neither (settings: {', '.join(sorted(settings)) or 'none'}). Give the "
+            "connection the storage account's key or a SAS with read and list permission on the container."
+        )
+    if not settings.get("accountname"):
+        raise EdgeTrainingError(
+            "Checked the blob connection string for the AccountName that goes with its AccountKey; it has none. "
+            "Add AccountName=<storage account> to the connection string."
+        )
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from edge_training.health import blob_endpoint_from_connection_string
+
+    endpoint = blob_endpoint_from_connection_string(connection_string)
+    sas = generate_container_sas(
+        settings["accountname"],
+        container,
+        account_key=settings["accountkey"],
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=expiry.astimezone(timezone.utc),
+        # For an https endpoint the token must not work over plain HTTP either.
+        protocol="https" if endpoint.startswith("https://") else None,
+    )
+    return f"BlobEndpoint={endpoint};SharedAccessSignature={sas}", True
 
 
 @dataclass(frozen=True)

@@ -402,3 +402,63 @@ def test_blob_connection_string_from_sas_and_refusal_without_credentials():
 )
 def test_training_params_arrive_as_a_dict(value, expected):
     assert rj.parse_training_params(value) == expected
+
+
+# -- what the job gets: a scoped SAS, the validated manifest ----------------------------------------------------
+
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def sas_fields(connection_string: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    settings = dict(part.split("=", 1) for part in connection_string.split(";") if part)
+    return {"BlobEndpoint": settings["BlobEndpoint"], **dict(parse_qsl(settings["SharedAccessSignature"]))}
+
+
+def test_the_vm_gets_a_read_list_sas_of_its_container_until_the_timeout_not_the_key():
+    from datetime import datetime, timezone
+
+    full = (f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};"
+            "EndpointSuffix=local.azurestack.external")  # fmt: skip
+    expiry = datetime(2026, 12, 2, 10, 30, 5, tzinfo=timezone.utc)
+
+    scoped, derived = rj.scoped_blob_connection_string(full, "sensor-readings", expiry)
+
+    assert derived and KEY not in scoped and "AccountKey" not in scoped
+    sas = sas_fields(scoped)
+    assert sas["BlobEndpoint"] == "https://acct.blob.local.azurestack.external"
+    assert (sas["sp"], sas["sr"], sas["se"], sas["spr"]) == ("rl", "c", "2026-12-02T10:30:05Z", "https")
+    # That Azure(ite) accepts it for reading and refuses a write: tests/integration/test_train_on_vm.py.
+
+
+def test_a_connection_that_holds_a_sas_passes_it_through_unchanged():
+    from datetime import datetime, timezone
+
+    cs = "BlobEndpoint=https://acct.blob.local.azurestack.external;SharedAccessSignature=sv=2020-08-04&sp=rl&sig=x"
+    assert rj.scoped_blob_connection_string(cs, "c", datetime.now(timezone.utc)) == (cs, False)
+
+
+def test_a_connection_string_without_key_or_sas_is_refused_naming_what_it_has():
+    from datetime import datetime, timezone
+
+    with pytest.raises(rj.EdgeTrainingError, match=r"found neither \(settings: accountname, blobendpoint\)"):
+        rj.scoped_blob_connection_string("AccountName=a;BlobEndpoint=https://h", "c", datetime.now(timezone.utc))
+
+
+def test_the_manifest_handed_to_the_job_is_exactly_what_validation_checked():
+    blobs = [{"name": "dt=2026-11-01/part-0000.csv", "etag": '"0x1"', "content_md5": None, "size": 10}]
+    validation = {"validation_id": "v1", "data_fingerprint": "sha256:ab", "manifest": blobs, "row_count": 3}
+
+    assert rj.training_manifest(validation) == {"validation_id": "v1", "data_fingerprint": "sha256:ab",
+                                                "blobs": blobs}  # fmt: skip
+    assert rj.training_manifest(json.dumps(validation))["blobs"] == blobs  # as a rendered template hands it over
+    assert rj.training_manifest(None) is None and rj.training_manifest({"validation_id": "v0"}) is None
+    with pytest.raises(rj.EdgeTrainingError, match="manifest is empty"):
+        rj.training_manifest({**validation, "manifest": []})
+
+
+def test_train_args_name_the_manifest_only_when_the_job_dir_has_one():
+    assert "--manifest" not in rj.training_args("c", "2026-11-01", "2026-11-08")
+    args = rj.training_args("c", "2026-11-01", "2026-11-08", manifest=True)
+    assert args[args.index("--manifest") + 1] == "manifest.json"

@@ -39,7 +39,10 @@ class AzureMLTrainingOperator(BaseOperator):
     The job mounts the Stack Hub data datastore as its ``data`` input and reads the training window there
     (``train.py --data-dir``); it writes ``model.onnx`` and ``metrics.json`` to its ``model`` output on the
     output datastore, from where this task reads them back with the blob connection. The current champion
-    (if any) goes along as the ``champion`` input, to be scored on the same holdout.
+    (if any) goes along as the ``champion`` input, to be scored on the same holdout, and the manifest of the
+    blobs validation checked as the ``manifest`` input: the job reads exactly those from the mount and fails
+    (bad input) when one is gone or has another size or MD5. The job gets no credentials from this task: the
+    workspace's datastores grant its access.
 
     The job name comes from the task instance (see :func:`edge_training.azureml_naming.job_name`): submission
     looks the name up first and creates the job only if the workspace has none, so a retry or a restarted
@@ -65,6 +68,8 @@ class AzureMLTrainingOperator(BaseOperator):
     :param model_name: Registered model whose champion is sent along to be scored on the same holdout.
     :param training_params: Hyperparameters passed to ``train.py --params`` (dict or JSON; templated).
     :param holdout_days: Last days of the window held out for evaluation.
+    :param validation: The ``validate_data`` result (templated, e.g. ``validate_data.output``) whose ``manifest``
+        the job trains on; None lets train.py list the window in the mount itself.
     :param environment: A registered environment (``azureml:name:version``); empty builds one from
         ``conda_file`` in the code folder on top of ``base_image``.
     :param base_image: Docker image the built environment starts from.
@@ -75,7 +80,9 @@ class AzureMLTrainingOperator(BaseOperator):
     :param timeout: Seconds to wait for the job (also capped by ``execution_timeout``); then it is canceled.
     """
 
-    template_fields: Sequence[str] = ("window_days", "window_end", "training_params", "container", "model_name", "compute")
+    template_fields: Sequence[str] = (
+        "window_days", "window_end", "training_params", "container", "model_name", "compute", "validation",
+    )  # fmt: skip
     ui_color = "#d9e8f7"
 
     def __init__(
@@ -102,9 +109,11 @@ class AzureMLTrainingOperator(BaseOperator):
         deferrable: bool = True,
         poll_interval: float = config.TRAINING_POLL_INTERVAL_S,
         timeout: float | timedelta = config.TRAINING_TIMEOUT_S,
+        validation: dict | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validation = validation
         self.azureml_conn_id = azureml_conn_id
         self.wasb_conn_id = wasb_conn_id
         self.compute = compute
@@ -232,6 +241,9 @@ class AzureMLTrainingOperator(BaseOperator):
         champion = self._ship_champion(name)
         if champion is not None:
             inputs[naming.INPUT_CHAMPION] = Input(type="uri_file", path=champion[1], mode="download")
+        manifest = self._ship_manifest(name)
+        if manifest is not None:
+            inputs[naming.INPUT_MANIFEST] = Input(type="uri_file", path=manifest[1], mode="download")
         output_uri = naming.datastore_uri(self.output_datastore, naming.output_prefix(self.output_prefix, name))
         tags = {
             "edge.dag_id": ti.dag_id,
@@ -240,6 +252,7 @@ class AzureMLTrainingOperator(BaseOperator):
             "edge.training_window": window.label,
             "edge.code_version": code_version,
             "edge.champion_version": champion[0] if champion else "none",
+            "edge.validation_id": str(manifest[0]["validation_id"] or "none") if manifest else "none",
         }
         job = command(
             name=name,
@@ -254,6 +267,7 @@ class AzureMLTrainingOperator(BaseOperator):
                 holdout_days=int(self.holdout_days),
                 params=params,
                 champion=champion is not None,
+                manifest=manifest is not None,
             ),
             environment=environment,
             inputs=inputs,
@@ -283,6 +297,25 @@ class AzureMLTrainingOperator(BaseOperator):
                 self.blob_service.get_container_client(self.output_container).upload_blob(blob, data, overwrite=True)
         self.log.info("Sent champion %s version %s to be scored on the same holdout", self.model_name, champion.version)
         return champion.version, naming.datastore_uri(self.output_datastore, blob)
+
+    def _ship_manifest(self, job: str) -> tuple[dict[str, Any], str] | None:
+        """Put the validated blobs' manifest next to the job's output; return (manifest, datastore URI) or None."""
+        manifest = remote_job.training_manifest(self.validation)
+        if manifest is None:
+            self.log.warning(
+                "No manifest of validated blobs was given: the job lists the training window in its mount, so "
+                "blobs that land or change after validation would be trained unvalidated. Pass "
+                "validation=validate_data.output."
+            )
+            return None
+        blob = naming.output_prefix(self.output_prefix, f"{job}-manifest") + "manifest.json"
+        container = self.blob_service.get_container_client(self.output_container)
+        container.upload_blob(blob, json.dumps(manifest).encode(), overwrite=True)
+        self.log.info(
+            "Sent the manifest of validation %s (%d blobs): the job trains exactly those",
+            manifest["validation_id"], len(manifest["blobs"]),
+        )  # fmt: skip
+        return manifest, naming.datastore_uri(self.output_datastore, blob)
 
     # -- completion ----------------------------------------------------------------------------------------
 

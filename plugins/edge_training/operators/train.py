@@ -51,8 +51,13 @@ class EdgeVMTrainingOperator(BaseOperator):
     (None when there was none).
 
     :param ssh_conn_id: SSH connection of the edge VM (with its pinned ``host_key``).
-    :param wasb_conn_id: Blob connection; its credentials are written to the job dir on the VM (mode 600)
-        so that the VM reads the data itself. They never appear on a command line or in a log.
+    :param wasb_conn_id: Blob connection. The VM reads the data itself with a SAS derived from it: read and list
+        on ``container`` only, expiring at the training timeout (a connection holding a SAS instead of the
+        account key passes it through). It goes to the job dir on the VM in a mode-600 file that train.py deletes
+        once read; it never appears on a command line or in a log, and the account key never leaves Airflow.
+    :param validation: The ``validate_data`` result (templated, e.g. ``validate_data.output``): its ``manifest``
+        of validated blobs goes to the job, which trains exactly those blobs and fails (exit code 2, no retry)
+        if one changed since. None lets train.py list the window itself.
     :param container: Blob container with the daily partitions.
     :param window_days: Length of the training window in days (templated).
     :param window_end: End date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
@@ -71,7 +76,9 @@ class EdgeVMTrainingOperator(BaseOperator):
         (``EDGE_VM_UNREACHABLE_GRACE_S``); the job keeps running and the task's retry re-attaches to it.
     """
 
-    template_fields: Sequence[str] = ("window_days", "window_end", "training_params", "container", "model_name")
+    template_fields: Sequence[str] = (
+        "window_days", "window_end", "training_params", "container", "model_name", "validation",
+    )  # fmt: skip
     ui_color = "#d9ecf7"
 
     def __init__(
@@ -92,9 +99,11 @@ class EdgeVMTrainingOperator(BaseOperator):
         code_dir: str | Path = config.TRAINING_CODE_DIR,
         env_timeout: float = config.VM_ENV_TIMEOUT_S,
         unreachable_grace: float = config.VM_UNREACHABLE_GRACE_S,
+        validation: Mapping[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validation = validation
         self.ssh_conn_id = ssh_conn_id
         self.wasb_conn_id = wasb_conn_id
         self.container = container
@@ -208,10 +217,14 @@ class EdgeVMTrainingOperator(BaseOperator):
             return event.payload
         raise AirflowException("The edge VM job trigger ended without an event.")
 
-    def _timeout_at(self, status: remote_job.JobStatus) -> float:
+    def _time_limit(self) -> float:
+        """Seconds a job may run from submission: ``timeout``, capped by ``execution_timeout``."""
         limits = [s for s in (_as_seconds(self.timeout), _as_seconds(self.execution_timeout)) if s]
+        return min(limits) if limits else 12 * 3600
+
+    def _timeout_at(self, status: remote_job.JobStatus) -> float:
         submitted = (status.job or {}).get("submitted_at_epoch") or time.time()
-        return float(submitted) + (min(limits) if limits else 12 * 3600)
+        return float(submitted) + self._time_limit()
 
     def _submit(self, context: Context, job: str) -> remote_job.JobStatus:
         base = self._resolve_base()
@@ -239,8 +252,10 @@ class EdgeVMTrainingOperator(BaseOperator):
 
         self._run(remote_job.mkdirs_command([layout.job_dir(job)]), "create job dir")
         champion = self._ship_champion(layout.job_file(job, "champion.onnx"))
-        # The connection string goes over SFTP into a 600 file: never on a command line, never in a log.
-        cs = self._blob_connection_string()
+        manifest = self._ship_manifest(layout.job_file(job, "manifest.json"))
+        submitted_at = time.time()
+        # The credential goes over SFTP into a 600 file: never on a command line, never in a log.
+        cs = self._blob_connection_string(datetime.fromtimestamp(submitted_at + self._time_limit(), timezone.utc))
         self.hook.put_bytes(cs.encode(), layout.job_file(job, "blob.cs"), mode=0o600)
 
         ti = context["ti"]
@@ -259,8 +274,10 @@ class EdgeVMTrainingOperator(BaseOperator):
             "holdout_days": int(self.holdout_days),
             "training_params": params or {},
             "champion_version": champion,
-            "submitted_at": datetime.now(timezone.utc).isoformat(),
-            "submitted_at_epoch": time.time(),
+            "validation_id": manifest["validation_id"] if manifest else None,
+            "data_fingerprint": manifest["data_fingerprint"] if manifest else None,
+            "submitted_at": datetime.fromtimestamp(submitted_at, timezone.utc).isoformat(),
+            "submitted_at_epoch": submitted_at,
         }
         self.hook.put_bytes(json.dumps(meta, indent=2).encode(), layout.job_file(job, "job.json"), mode=0o600)
 
@@ -271,6 +288,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             holdout_days=int(self.holdout_days),
             params=params,
             champion=champion is not None,
+            manifest=manifest is not None,
         )
         out = self._run(
             remote_job.start_job_command(base, job, code_version, req_hash, args), "start training job", timeout=120
@@ -325,9 +343,36 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.log.info("Sent champion %s version %s to be scored on the same holdout", self.model_name, version)
         return version
 
-    def _blob_connection_string(self) -> str:
+    def _ship_manifest(self, remote_path: str) -> dict[str, Any] | None:
+        """Write the validated blobs' manifest to the job dir (mode 600); None when validation gave none."""
+        manifest = remote_job.training_manifest(self.validation)
+        if manifest is None:
+            self.log.warning(
+                "No manifest of validated blobs was given (validation=%s): train.py lists the training window "
+                "itself, so blobs that land or change after validation would be trained unvalidated. Pass "
+                "validation=validate_data.output.", "none" if not self.validation else "a result without 'manifest'",
+            )  # fmt: skip
+            return None
+        self.hook.put_bytes(json.dumps(manifest).encode(), remote_path, mode=0o600)
+        self.log.info(
+            "Sent the manifest of validation %s (%d blobs, data fingerprint %s): the job trains exactly those",
+            manifest["validation_id"], len(manifest["blobs"]), manifest["data_fingerprint"],
+        )  # fmt: skip
+        return manifest
+
+    def _blob_connection_string(self, expiry: datetime) -> str:
+        """The job's blob credential: a read+list SAS of the data container until ``expiry``, never the key."""
         conn = BaseHook.get_connection(self.wasb_conn_id)
-        return remote_job.blob_connection_string(conn.login, conn.password, conn.host, conn.extra_dejson)
+        full = remote_job.blob_connection_string(conn.login, conn.password, conn.host, conn.extra_dejson)
+        cs, derived = remote_job.scoped_blob_connection_string(full, self.container, expiry)
+        if derived:
+            self.log.info(
+                "The edge VM gets a read+list SAS for container %s only, expiring %s (the training timeout)",
+                self.container, expiry.isoformat(timespec="seconds"),
+            )  # fmt: skip
+        else:
+            self.log.info("Connection %r holds a SAS, not an account key: the edge VM gets that SAS", self.wasb_conn_id)
+        return cs
 
     # -- completion ----------------------------------------------------------------------------------------
 
