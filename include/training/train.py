@@ -461,13 +461,23 @@ class BlobSource:
             try:
                 props = self.container.get_blob_client(entry["name"]).get_blob_properties(**self._if_unchanged(entry))
             except ResourceModifiedError:
-                problems.append(_changed(entry["name"], f"was rewritten (ETag no longer {entry['etag']})"))
+                problems.append(self._failed_condition(entry))
                 continue
             except ResourceNotFoundError:
                 problems.append(_changed(entry["name"], "is gone"))
                 continue
             problems += self._mismatch(entry, int(props.size), props.content_settings.content_md5)
         return problems
+
+    def _failed_condition(self, entry: dict) -> str:
+        """Why If-Match failed: some stores answer 412 rather than 404 for a blob deleted since."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.container.get_blob_client(entry["name"]).get_blob_properties()
+        except ResourceNotFoundError:
+            return _changed(entry["name"], "is gone")
+        return _changed(entry["name"], f"was rewritten (ETag no longer {entry['etag']})")
 
     @staticmethod
     def _mismatch(entry: dict, size: int, stored_md5) -> list[str]:
@@ -487,7 +497,7 @@ class BlobSource:
             downloader = self.container.download_blob(name, max_concurrency=1, **self._if_unchanged(expected))
             size, md5 = _copy_hashed(downloader.chunks(), dest)
         except ResourceModifiedError:
-            raise BlobChanged([_changed(name, f"was rewritten (ETag no longer {expected['etag']})")]) from None
+            raise BlobChanged([self._failed_condition(expected)]) from None
         except ResourceNotFoundError:
             if expected is None:
                 raise
@@ -566,7 +576,10 @@ def load_window(source, days: list[dt.date], scratch: Path, manifest: dict | Non
             name = entry["name"]
             expected = entry if manifest is not None else None
             local = scratch / name.replace("/", "_")
-            got = source.download(name, local, expected)
+            try:
+                got = source.download(name, local, expected)
+            except BlobChanged as exc:
+                raise BlobChanged(exc.problems, manifest["validation_id"]) from None
             if expected is not None:
                 changed = BlobSource._mismatch(expected, got["size"], None)
                 if not changed and _expected_md5(expected) and got["md5"] != _expected_md5(expected):
