@@ -11,7 +11,9 @@ import asyncio
 import datetime as dt
 import json
 import re
+import time
 import uuid
+from urllib.parse import parse_qsl
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,15 @@ def vm(edge_env):
     hook.close()
 
 
+def validation_of(edge_stack, container: str) -> dict:
+    """What validate_data hands to training: the manifest of the container's data blobs, as listed now."""
+    from azure.storage.blob import ContainerClient
+
+    from tests._manifest import validation_result
+
+    return validation_result(ContainerClient.from_connection_string(edge_stack.blob_connection_string, container))
+
+
 def make_operator(container: str, **kwargs):
     from edge_training.operators.train import EdgeVMTrainingOperator
 
@@ -104,7 +115,8 @@ def test_trains_on_the_vm_and_brings_back_only_model_and_metrics(edge_env, vm, c
     monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     context = make_context(f"manual__{uuid.uuid4().hex}")
-    operator = make_operator(container, deferrable=False)
+    validation = validation_of(edge_env, container)
+    operator = make_operator(container, deferrable=False, validation=validation)
 
     result = operator.execute(context)
 
@@ -128,8 +140,21 @@ def test_trains_on_the_vm_and_brings_back_only_model_and_metrics(edge_env, vm, c
     left = job_files(hook, base, job)
     assert {"train.log", "job.json", "exit_code"} <= set(left)
     assert not {"blob.cs", "out", "scratch", "champion.onnx"} & set(left)
+    assert json.loads(hook.run(f"cat {base}/jobs/{job}/manifest.json").stdout)["blobs"] == validation["manifest"]
     meta = json.loads(hook.run(f"cat {base}/jobs/{job}/job.json").stdout)
     assert meta["training_params"] == FAST and meta["window_start"] == "2026-11-01"
+    assert meta["validation_id"] == validation["validation_id"]
+
+    # It trained exactly the validated blobs: the same fingerprint, and the lineage tags say so.
+    from edge_training.lineage import lineage_tags
+
+    assert result["metrics"]["data_fingerprint"] == validation["data_fingerprint"]
+    assert result["metrics"]["data_manifest"] == {"validation_id": validation["validation_id"], "blobs": 8}
+    tags = lineage_tags("edge_training", context["ti"].run_id, None, None, validation, result)
+    assert tags["edge.data_fingerprint"] == tags["edge.training_data_fingerprint"] == validation["data_fingerprint"]
+    assert "--manifest manifest.json" in hook.run(f"cat {base}/jobs/{job}/run.sh").stdout
+    log = hook.run(f"cat {base}/jobs/{job}/train.log").stdout
+    assert f"reading the 8 blob(s) validation {validation['validation_id']} checked" in log
 
     account_key = re.search(r"AccountKey=([^;]+)", edge_env.blob_connection_string).group(1)
     logged = capsys.readouterr()
@@ -253,3 +278,145 @@ def test_on_kill_stops_the_job_and_the_next_try_trains_again(edge_env, vm, conta
     archived = hook.run(f"ls -d {base}/jobs/{job}.failed-*").stdout.split()
     assert len(archived) == 1
     assert "blob.cs" not in hook.run(f"ls -A {archived[0]}").stdout.split()
+
+
+# -- least privilege and exactly what was validated ----------------------------------------------------------
+
+
+def wait_terminal(hook, base: str, job: str, timeout: float = 600) -> remote_job.JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = remote_job.parse_status(hook.run(remote_job.status_command(base, job)).stdout)
+        if status.terminal:
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job} did not finish in {timeout} s")
+
+
+def test_the_vm_gets_a_read_list_sas_until_the_timeout_and_the_job_deletes_it(edge_env, vm, container, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ContainerClient
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from edge_training import config
+
+    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    hook, base = vm
+    context = make_context(f"manual__{uuid.uuid4().hex}")
+    operator = make_operator(container, timeout=1800, validation=validation_of(edge_env, container))
+    written: dict[str, bytes] = {}
+    put_bytes = operator.hook.put_bytes
+
+    def recording_put_bytes(data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        written[remote_path.rsplit("/", 1)[-1]] = data  # what went to the VM, and still goes there
+        put_bytes(data, remote_path, mode=mode)
+
+    operator.hook.put_bytes = recording_put_bytes
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    job = deferred.value.trigger.job_id
+
+    # What the VM got: a SAS for this container only, read + list, expiring at submission + timeout.
+    credential = written["blob.cs"].decode()
+    assert "AccountKey" not in credential and account_key_of(edge_env) not in credential
+    settings = dict(part.split("=", 1) for part in credential.split(";") if part)
+    sas = dict(parse_qsl(settings["SharedAccessSignature"]))
+    assert (sas["sp"], sas["sr"]) == ("rl", "c")
+    meta = json.loads(written["job.json"])
+    expiry = dt.datetime.strptime(sas["se"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    assert abs(expiry - (meta["submitted_at_epoch"] + 1800)) <= 1
+    # Azurite honours it: the container lists, a write is refused, another container is out of reach.
+    client = ContainerClient.from_connection_string(credential, container)
+    assert sum(1 for _ in client.list_blobs()) == 8
+    with pytest.raises(HttpResponseError) as refused:
+        client.upload_blob("dt=2026-11-01/part-9999.csv", b"x")
+    assert refused.value.status_code == 403
+    with pytest.raises(HttpResponseError) as elsewhere:
+        next(iter(ContainerClient.from_connection_string(credential, "sensor-readings").list_blobs()))
+    assert elsewhere.value.status_code == 403
+
+    # The job deletes the file once read: gone while the job is still this task's (no clean-up has run yet).
+    status = wait_terminal(hook, base, job)
+    assert status.state == "succeeded", status.log_tail
+    assert "blob.cs" not in job_files(hook, base, job)
+    assert "read the blob credentials and removed blob.cs" in hook.run(f"cat {base}/jobs/{job}/train.log").stdout
+    operator.execute_complete(context, remote_job.status_event(job, status))
+
+
+def account_key_of(stack) -> str:
+    return re.search(r"AccountKey=([^;]+)", stack.blob_connection_string).group(1)
+
+
+@pytest.fixture
+def own_container(edge_stack):
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(edge_stack.blob_connection_string)
+    client = service.create_container(f"train-vm-own-{uuid.uuid4().hex[:10]}")
+    upload(client, partition_csvs(START, 4, rows_per_day=300, parts_per_day=2, seed=5))
+    yield client
+    client.delete_container()
+
+
+def test_a_blob_rewritten_after_validation_fails_at_once_saying_to_validate_again(edge_env, vm, own_container,
+                                                                                   tmp_path, monkeypatch):  # fmt: skip
+    """With a SAS connection: neither the task's error nor its alert carries the signature."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from azure.storage.blob import generate_container_sas
+
+    from edge_training import config, notify
+    from scripts.edge_stack import AZURITE_ACCOUNT, AZURITE_KEY
+
+    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    name = own_container.container_name
+    sas = generate_container_sas(AZURITE_ACCOUNT, name, account_key=AZURITE_KEY, permission="rl",
+                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_EDGE_BLOB", json.dumps({"conn_type": "wasb", "extra": {
+        "connection_string": f"BlobEndpoint={edge_env.blob_endpoint};SharedAccessSignature={sas}"}}))
+    validation = validation_of(edge_env, name)
+    blob = "dt=2026-11-02/part-0001.csv"
+    own_container.upload_blob(blob, own_container.download_blob(blob).readall() + b"", overwrite=True)
+    context = make_context(f"manual__{uuid.uuid4().hex}")
+
+    with pytest.raises(AirflowFailException) as failure:
+        make_operator(name, deferrable=False, validation=validation).execute(context)
+
+    message = str(failure.value)
+    assert "train.py exited with code 2" in message and "a retry cannot help" in message
+    assert f"changed since validation {validation['validation_id']}: {blob} was rewritten" in message
+    assert "Re-run this DAG run from validate_data" in message
+    hook, base = vm
+    job = context["ti"].pushed["job_id"]
+    log = hook.run(f"cat {base}/jobs/{job}/train.log").stdout
+    assert f"at {edge_env.blob_endpoint};" in log  # the endpoint is shown, its SAS query is not
+
+    # The alert the failure sends, received by a webhook of our own.
+    received = []
+    server = _webhook(received)
+    monkeypatch.setenv("EDGE_ALERT_CONN_ID", "it_alert")
+    monkeypatch.setenv("AIRFLOW_CONN_IT_ALERT", json.dumps({"conn_type": "http", "host": server}))
+    notify.on_task_failure({"ti": context["ti"], "exception": failure.value})
+    assert received and "train_on_edge_vm" in received[0]
+    signature = dict(parse_qsl(sas))["sig"]
+    for text in (message, log, *received):
+        assert "sig=" not in text and signature not in text
+
+
+def _webhook(received: list[str]) -> str:
+    """A local HTTP server that records every POSTed body; returns its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/alert"
