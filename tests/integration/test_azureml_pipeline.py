@@ -116,7 +116,15 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack):
     tags = fake.models[pipeline.model_name][registered["version"]]["properties"]["tags"]
     assert fake.models[pipeline.model_name][registered["version"]]["properties"]["modelUri"] == trained["model_uri"]
     assert tags["edge.training_job_id"] == job and tags["edge.dag_run_id"] == result.run_id
-    assert tags["edge.data_fingerprint"] == result.value("validate_data")["data_fingerprint"]
+    validation = result.value("validate_data")
+    assert tags["edge.data_fingerprint"] == validation["data_fingerprint"]
+    # The job got the manifest of the validated blobs as an input and trained exactly those from its mount.
+    props = fake.calls("job.put")[0].body["properties"]
+    assert props["inputs"]["manifest"]["jobInputType"] == "uri_file"
+    assert "--manifest ${{inputs.manifest}}" in props["command"]
+    assert trained["metrics"]["data_manifest"] == {"validation_id": validation["validation_id"],
+                                                   "blobs": len(validation["manifest"])}  # fmt: skip
+    assert tags["edge.training_data_fingerprint"] == tags["edge.data_fingerprint"]
     assert registered["promoted"] and tags["champion"] == "true"
 
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".feather", ".arrow", ".orc", ".avro", ".json.gz", ".csv.gz")
 # A machine id near a reading timestamp: a data row, in any rendering (CSV, JSON record, DataFrame repr).
 ROW_PATTERN = re.compile(r"M-\d{4}.{0,40}?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}", re.DOTALL)
-# What a finished job leaves in its dir on the VM: its record, its script, its log, its outcome.
-JOB_LEFTOVERS = {".started", "job.json", "run.sh", "pid", "exit_code", "train.log"}
+# What a finished job leaves in its dir on the VM: its record, its script, its log, its outcome, and the manifest
+# of the blobs it trained (names, ETags, MD5s, sizes: no data).
+JOB_LEFTOVERS = {".started", "job.json", "run.sh", "pid", "exit_code", "train.log", "manifest.json"}
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ def test_a_run_on_a_sas_connection_shows_its_signature_nowhere(pipeline, vm_work
     validation, training = run.value("validate_data"), run.value("train_on_edge_vm")
     train_log = Path(vm_work_dir, "jobs", training["job_id"], "train.log").read_text()
     assert f"at {pipeline.stack.blob_endpoint};" in train_log  # the endpoint is logged, without its query
+    assert "read the blob credentials and removed blob.cs" in train_log
+    assert f"reading the {len(validation['manifest'])} blob(s) validation {validation['validation_id']}" in train_log
     tags = version_of(pipeline, run).tags
     # The VM read exactly what validation checked: one fingerprint scheme, equal values.
     assert tags["edge.data_fingerprint"] == tags["edge.training_data_fingerprint"] == validation["data_fingerprint"]
