@@ -62,14 +62,12 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 FEATURES = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "humidity_pct", "power_kw"]
 LABEL = "failure_within_24h"
@@ -96,16 +94,18 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("train")
 
 
-def _load_blob_manifest():
+def _load_sibling(name: str):
     # Loaded by path, not imported: train.py also runs loaded from a file by path (tests), not only as a script.
-    spec = importlib.util.spec_from_file_location("edge_blob_manifest", Path(__file__).with_name("blob_manifest.py"))
+    spec = importlib.util.spec_from_file_location(f"edge_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 # The data-blob rule and the fingerprint scheme validation uses too: the two sides agree by construction.
-blob_manifest = _load_blob_manifest()
+blob_manifest = _load_sibling("blob_manifest")
+# The URL/secret redaction the Airflow side uses too (edge_training.redact).
+redact = _load_sibling("redact")
 
 
 class UsageError(Exception):
@@ -275,42 +275,11 @@ def read_manifest(path: Path) -> dict:
     return {"validation_id": document.get("validation_id"), "data_fingerprint": expected, "blobs": blobs}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Secrets in text: URLs and connection strings are made safe before they are logged or put in an error
-# ---------------------------------------------------------------------------------------------------------------
-
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-# A path with a query, as HTTP libraries quote a request ("Max retries exceeded with url: /c?comp=list&sig=...").
-_QUERY_IN_TEXT = re.compile(r"(/[^\s'\"<>?]*)\?[^\s'\"<>]*")
-_SECRET_SETTING = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature)=[^;\s'\"]+")
-_SIGNATURE = re.compile(r"(?i)\bsig=[^&;\s'\"]+")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its query, fragment and user:password (a SAS token in the query is a credential).
-
-    :param url: any URL, e.g. a ``BlobServiceClient.url`` carrying ``?sv=...&sig=...``.
-    """
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:
-        return "<URL not shown>"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every URL's query and every account key / SAS value removed (e.g. a traceback tail)."""
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
-    text = _QUERY_IN_TEXT.sub(r"\1", text)
-    text = _SECRET_SETTING.sub(lambda m: f"{m.group(1)}=<redacted>", text)
-    return _SIGNATURE.sub("<signature redacted>", text)
-
-
 class RedactingFormatter(logging.Formatter):
     """Formats like ``logging.Formatter``, then redacts: no log line of the job can carry a credential."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        return redact.redact_text(super().format(record))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,7 +393,7 @@ class BlobSource:
                              "connection's connection string.") from None
         self.container = service.get_container_client(container)
         # service.url carries the SAS query (…&sig=…) when the credential is a SAS: never show it.
-        endpoint = redact_url(service.url).rstrip("/")
+        endpoint = redact.redact_url(service.url).rstrip("/")
         self.where = f"container {container} at {endpoint}"
         try:
             # A one-blob listing: it needs only the read+list a container-scoped SAS grants.

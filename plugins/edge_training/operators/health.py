@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook, BaseOperator
 
@@ -19,6 +18,7 @@ from edge_training.health import (
     evaluate_health,
     parse_health_report,
 )
+from edge_training.redact import redact_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -87,9 +87,8 @@ class EdgeVMHealthCheckOperator(BaseOperator):
                 "or the host to the blob service URL (https://<account>.blob.<region>.<fqdn>), or the login to "
                 "the storage account name."
             )
-        # A SAS token in the URL is a credential: it must not reach the VM's command line or the logs.
-        parts = urlsplit(endpoint)
-        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        # A SAS token in the URL (or a user:password) is a credential: it must not reach the VM or the logs.
+        return redact_url(endpoint).rstrip("/")
 
     def execute(self, context: Context) -> dict[str, Any]:
         endpoint = self.blob_endpoint()
