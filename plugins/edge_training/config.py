@@ -126,3 +126,8 @@ IMAGE_BUILD_TIMEOUT_S = float(os.getenv("EDGE_IMAGE_BUILD_TIMEOUT_S", "1800"))
 IMAGE_SMOKE_TIMEOUT_S = float(os.getenv("EDGE_IMAGE_SMOKE_TIMEOUT_S", "90"))
 # Same onnxruntime build inside and outside the image: predictions must agree to float32 rounding.
 IMAGE_SMOKE_TOLERANCE = float(os.getenv("EDGE_IMAGE_SMOKE_TOLERANCE", "1e-5"))
+
+# Job dirs on the edge VM (train.log, job.json, archived failed attempts) that ended more than this many days ago are
+# swept at the next submission; a running job's never is. 0 keeps them all. A training task cleared after that
+# trains again instead of re-attaching to its finished job.
+VM_JOB_RETENTION_DAYS = float(os.getenv("EDGE_VM_JOB_RETENTION_DAYS", "14"))

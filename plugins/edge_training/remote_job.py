@@ -12,12 +12,18 @@ Layout under the base dir on the edge VM (default ``~/edge-training``)::
         run.sh                   the detached job script
         .started/                created atomically once: the "this job id has been started" lock
         pid                      process group id of the running job
+        boot_id  pid_start       the VM's boot id and the process's start time (/proc/<pid>/stat): a pid alone
+                                 may name another process after a reboot
         exit_code                written when train.py ends (143 when killed)
         train.log                stdout and stderr of train.py
         out/  scratch/           model.onnx + metrics.json / temporary data (removed by cleanup)
         blob.cs  champion.onnx   read+list SAS of the data container (mode 600; train.py deletes it once read) /
                                  current champion (removed by cleanup)
         manifest.json            the blobs validation checked (names, ETags, MD5s, sizes; no data, no secret)
+    jobs/<job_id>.failed-<epoch>/  a failed attempt set aside by the next try (train.log and job.json only)
+
+Every terminal path removes credentials and scratch data; job dirs that ended more than
+``EDGE_VM_JOB_RETENTION_DAYS`` ago are swept at the next submission.
 
 A job id is derived from the task instance, so a retry or a restarted worker finds the same directory and
 re-attaches to the job instead of training twice.
@@ -280,108 +286,323 @@ def _run_script(code_version: str, req_hash: str, args: Sequence[str]) -> str:
     return f"""#!/usr/bin/env bash
 # Edge training job: runs detached in its own session; its pid is the process group to signal.
 cd "$(dirname "$0")" || exit 1
+# Who the job's process is, beside its pid: after a reboot the same pid may be another process.
+cat /proc/sys/kernel/random/boot_id > boot_id 2>/dev/null
+if read -r stat < /proc/$$/stat 2>/dev/null; then set -- ${{stat##*) }}; echo "${{20}}" > pid_start; fi
 echo $$ > pid.tmp && mv pid.tmp pid
+# Stopped while it was starting: do not train.
+[ -e killed ] && exit 0
 {command} > train.log 2>&1
 ec=$?
 echo $ec > exit_code.tmp && mv exit_code.tmp exit_code
 """
 
 
-STATUS_SCRIPT = r"""
-import json, os, sys, time
-d = sys.argv[1]
-extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-def read(name):
+JOB_SCRIPT = r'''
+import json, os, re, shutil, signal, sys, time
+
+# Files that must not outlive a job on the VM: the blob credentials, the champion it was sent, its scratch data.
+SECRETS_AND_SCRATCH = ("blob.cs", "champion.onnx", "scratch")
+
+
+def read(d, name):
     try:
         with open(os.path.join(d, name), errors="replace") as f:
             return f.read().strip()
     except OSError:
         return None
-def mtime(name):
+
+
+def mtime(d, name):
     try:
         return os.stat(os.path.join(d, name)).st_mtime
     except OSError:
         return None
-def alive(pid):
+
+
+def proc_fields(pid):
+    """Fields of /proc/<pid>/stat after the command name (state first), or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def job_process(d):
+    """(pid, "") while the job's own process runs, else (None, why it is not running)."""
+    text = read(d, "pid")
+    if not text or not text.isdigit() or int(text) <= 1:
+        return None, "no pid"
+    pid = int(text)
+    # After a reboot the same pid may belong to any process: boot id and start time tell them apart.
+    boot = read(d, "boot_id")
+    if boot and read("/proc/sys/kernel/random", "boot_id") not in (None, boot):
+        return None, "the edge VM rebooted since the job started"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None, "the job process is gone"
     except PermissionError:
-        return True
-    try:
-        # An exited process stays visible (state Z) until its new parent reaps it: that is not alive.
-        with open("/proc/%%d/stat" %% pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-def tail():
+        return None, "pid %d now belongs to another user's process" % pid
+    fields = proc_fields(pid)
+    if fields is None:
+        return pid, ""  # no /proc to look into: a live pid is all there is to go by
+    if fields[0] == "Z":
+        # An exited process stays visible until its new parent reaps it: that is not alive.
+        return None, "the job process is gone"
+    started = read(d, "pid_start")
+    if started and len(fields) > 19 and fields[19] != started:
+        return None, "pid %d now belongs to another process" % pid
+    return pid, ""
+
+
+def tail(d):
     try:
         with open(os.path.join(d, "train.log"), "rb") as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 65536))
-            lines = f.read().decode("utf-8", "replace").splitlines()[-%(lines)d:]
+            lines = f.read().decode("utf-8", "replace").splitlines()[-__LINES__:]
     except OSError:
         return ""
-    return "\n".join(lines)[-%(chars)d:]
-st = {"state": "missing", "exit_code": None, "pid": None, "reason": "", "log_tail": "",
-      "started_at": mtime(".started"), "finished_at": None, "job": None}
-st.update(extra)
-job = read("job.json")
-if job:
-    try:
-        st["job"] = json.loads(job)
-    except ValueError:
-        pass
-if st["started_at"] is None:
-    st["reason"] = "no job with this id has been started"
-else:
-    pid = read("pid")
+    return "\n".join(lines)[-__CHARS__:]
+
+
+def job_status(d, extra=None):
+    st = {"state": "missing", "exit_code": None, "pid": None, "reason": "", "log_tail": "",
+          "started_at": mtime(d, ".started"), "finished_at": None, "job": None}
+    st.update(extra or {})
+    job = read(d, "job.json")
+    if job:
+        try:
+            st["job"] = json.loads(job)
+        except ValueError:
+            pass
+    if st["started_at"] is None:
+        st["reason"] = "no job with this id has been started"
+        return st
+    pid = read(d, "pid")
     st["pid"] = int(pid) if pid and pid.isdigit() else None
+
     def finished():
-        code = read("exit_code")
+        code = read(d, "exit_code")
         if code is None or not code.lstrip("-").isdigit():
             return False
         st["exit_code"] = int(code)
-        st["finished_at"] = mtime("exit_code")
+        st["finished_at"] = mtime(d, "exit_code")
         st["state"] = "succeeded" if st["exit_code"] == 0 else "failed"
         if os.path.exists(os.path.join(d, "killed")):
             st["reason"] = "killed"
         else:
-            st["reason"] = "train.py exited with code %%d" %% st["exit_code"]
+            st["reason"] = "train.py exited with code %d" % st["exit_code"]
         return True
-    if not finished():
-        if st["pid"] is not None and alive(st["pid"]):
-            st["state"] = "running"
-        elif st["pid"] is None and time.time() - st["started_at"] < %(grace)d:
-            st["state"] = "running"
-            st["reason"] = "starting"
-        elif not finished():
-            st["state"] = "failed"
-            st["reason"] = ("lost: the job process is gone without an exit code "
-                            "(edge VM rebooted or the process was killed outside Airflow)")
-st["log_tail"] = tail()
-print(%(prefix)r + json.dumps(st))
-""" % {"lines": LOG_TAIL_LINES, "chars": LOG_TAIL_MAX_CHARS, "grace": START_GRACE_SECONDS, "prefix": _STATUS_PREFIX}
+
+    if finished():
+        return st
+    running, why = job_process(d)
+    if running:
+        st["state"] = "running"
+    elif st["pid"] is None and time.time() - st["started_at"] < __GRACE__:
+        st["state"] = "running"
+        st["reason"] = "starting"
+    elif not finished():  # the job may have written its exit code meanwhile
+        st["state"] = "failed"
+        if st["pid"] is None:
+            why = "its process never wrote a pid within __GRACE__ s of the start (the start command died)"
+        st["reason"] = ("lost: %s, without an exit code (edge VM rebooted, or the process was killed "
+                        "outside Airflow)" % why)
+    return st
+
+
+def group_alive(pgid):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.isdigit():
+            fields = proc_fields(int(entry))
+            if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+    return False
+
+
+def write_exit_code(d, code):
+    with open(os.path.join(d, "exit_code.tmp"), "w") as f:
+        f.write("%d\n" % code)
+    os.replace(os.path.join(d, "exit_code.tmp"), os.path.join(d, "exit_code"))
+
+
+def kill(d, grace):
+    if read(d, "exit_code") is not None:
+        return "job has already ended: nothing to kill"
+    if mtime(d, ".started") is None:
+        return "job was never started: nothing to kill"
+    # Marked before signalling: the status says "killed", and a job still starting does not start train.py.
+    open(os.path.join(d, "killed"), "a").close()
+    pid, why = job_process(d)
+    if pid is None:
+        if read(d, "pid") is None:
+            write_exit_code(d, __KILLED__)
+            return "job had no pid yet: marked killed, it will not start training"
+        return "job process is not running (%s): nothing to kill" % why
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.time() + grace
+        # Exited members linger as zombies until reaped: wait until no live one is left in the group.
+        while group_alive(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if not group_alive(pid):
+            break
+    if read(d, "exit_code") is None:
+        write_exit_code(d, __KILLED__)
+    return "killed job process group %d" % pid
+
+
+def remove(d, names):
+    gone = 0
+    for name in names:
+        path = os.path.join(d, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            gone += 1
+        elif os.path.lexists(path):
+            os.remove(path)
+            gone += 1
+    return gone
+
+
+def cleanup(d, outputs):
+    """Remove credentials and scratch data (and the outputs, once fetched) of a job that is not running."""
+    if not os.path.isdir(d):
+        return "no job dir: nothing to clean up"
+    st = job_status(d)
+    if st["state"] == "running":
+        return "job is running: left in place"
+    names = SECRETS_AND_SCRATCH + (("out",) if outputs else ())
+    return "removed %d of %s" % (remove(d, names), ", ".join(names))
+
+
+def archive(d):
+    """Move a failed job's dir aside (<id>.failed-<epoch>) so that the next try can start the job again."""
+    if not os.path.isdir(d):
+        return "no job dir: nothing to set aside"
+    st = job_status(d)
+    if st["state"] != "failed":
+        return "job is not failed (%s): left in place" % st["state"]
+    dest = "%s.failed-%d" % (d, time.time())
+    os.rename(d, dest)
+    remove(dest, SECRETS_AND_SCRATCH + ("out",))
+    return "archived failed job to %s (%s)" % (dest, st["reason"])
+
+
+def discard(d):
+    """Remove the dir of a job whose submission failed before it started (credentials may be in it)."""
+    if not os.path.isdir(d):
+        return "no job dir: nothing to discard"
+    if mtime(d, ".started") is not None:
+        return "job was started: left in place"
+    shutil.rmtree(d, ignore_errors=True)
+    return "removed the dir of the job that never started"
+
+
+ARCHIVED = re.compile(r"\.failed-(\d+)$")
+
+
+def sweep(base, days):
+    """Remove job dirs that ended more than ``days`` ago (archived, finished, or never started); never a running one."""
+    jobs = os.path.join(base, "jobs")
+    cutoff = time.time() - days * 86400
+    swept = running = recent = 0
+    for name in sorted(os.listdir(jobs)) if os.path.isdir(jobs) else ():
+        d = os.path.join(jobs, name)
+        if not os.path.isdir(d) or os.path.islink(d):
+            continue
+        archived = ARCHIVED.search(name)
+        if archived:
+            ended = int(archived.group(1))
+        else:
+            st = job_status(d)
+            if st["state"] == "running":
+                running += 1
+                continue
+            ended = st["finished_at"] or st["started_at"] or os.stat(d).st_mtime
+        if ended >= cutoff:
+            recent += 1
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        swept += 1
+    return "swept %d job dirs that ended more than %g days ago; kept %d running and %d recent" % (
+        swept, days, running, recent)
+
+
+action, path = sys.argv[1], sys.argv[2]
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+if action == "status":
+    st = job_status(path, options)
+    st["log_tail"] = tail(path)
+    print(__PREFIX__ + json.dumps(st))
+elif action == "stop":
+    print(kill(path, options.get("grace", 10)) if os.path.isdir(path) else "no job dir: nothing to kill")
+    print(cleanup(path, outputs=False))
+elif action == "cleanup":
+    print(cleanup(path, outputs=options.get("outputs", True)))
+elif action == "archive":
+    print(archive(path))
+elif action == "discard":
+    print(discard(path))
+elif action == "sweep":
+    print(sweep(path, float(options["days"])))
+else:
+    sys.exit("unknown action %r" % action)
+'''
+
+
+def _fill(template: str, values: Mapping[str, Any]) -> str:
+    for name, value in values.items():
+        template = template.replace(name, str(value))
+    return template
+
+
+JOB_SCRIPT = _fill(
+    JOB_SCRIPT,
+    {
+        "__LINES__": LOG_TAIL_LINES,
+        "__CHARS__": LOG_TAIL_MAX_CHARS,
+        "__GRACE__": START_GRACE_SECONDS,
+        "__KILLED__": EXIT_KILLED,
+        "__PREFIX__": repr(_STATUS_PREFIX),
+    },
+)
 
 
 def _status_snippet(job_dir_expr: str, extra: Mapping[str, Any] | None = None) -> str:
-    args = [shlex.quote(STATUS_SCRIPT), job_dir_expr]
+    args = [shlex.quote(JOB_SCRIPT), "status", job_dir_expr]
     if extra:
         args.append(shlex.quote(json.dumps(dict(extra))))
     return "python3 -c " + " ".join(args)
 
 
+def _job_script_command(action: str, path: str, options: Mapping[str, Any] | None = None) -> str:
+    args = ["python3", "-", action, quote_path(path)]
+    if options:
+        args.append(shlex.quote(json.dumps(dict(options), sort_keys=True)))
+    return " ".join(args)
+
+
 def status_command(base_dir: str, job: str, script_on_stdin: bool = False) -> str:
     """Print one status line for the job; parse it with :func:`parse_status`.
 
-    With ``script_on_stdin`` the command is short (``python3 - <job dir>``) and the caller sends
-    :data:`STATUS_SCRIPT` as its stdin: polling then logs one short line per check, not the whole script.
+    With ``script_on_stdin`` the command is short (``python3 - status <job dir>``) and the caller sends
+    :data:`JOB_SCRIPT` as its stdin: polling then logs one short line per check, not the whole script.
     """
-    job_dir = quote_path(RemoteLayout(base_dir).job_dir(job))
+    job_dir = RemoteLayout(base_dir).job_dir(job)
     if script_on_stdin:
-        return f"python3 - {job_dir}"
-    return _status_snippet(job_dir)
+        return _job_script_command("status", job_dir)
+    return _status_snippet(quote_path(job_dir))
 
 
 def start_job_command(
@@ -418,60 +639,52 @@ for _ in $(seq 1 100); do [ -s pid ] && break; sleep 0.1; done
 
 
 def kill_command(base_dir: str, job: str, grace_seconds: int = 10) -> str:
-    """Stop the job's whole process group (TERM, then KILL after a grace period) and record exit 143."""
-    q = quote_path(RemoteLayout(base_dir).job_dir(job))
-    steps = max(1, int(grace_seconds) * 5)
-    return f"""job_dir={q}
-[ -d "$job_dir" ] || {{ echo "no job dir $job_dir: nothing to kill"; exit 0; }}
-cd "$job_dir"
-p="$(cat pid 2>/dev/null || true)"
-# A pid of 0 or 1 would turn "kill -- -p" into a broadcast: only signal a plausible process group.
-if [ -n "$p" ] && [ "$p" -gt 1 ] 2>/dev/null; then
-  [ -e exit_code ] || touch killed
-  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-  # Wait until no live (non-zombie) process is left in the group; exited ones linger until reaped.
-  for _ in $(seq 1 {steps}); do
-    ps -e -o pgid=,stat= | awk -v g="$p" '$1 == g && $2 !~ /^Z/ {{ found = 1 }} END {{ exit !found }}' || break
-    sleep 0.2
-  done
-  kill -KILL -- "-$p" 2>/dev/null || true
-  if [ ! -e exit_code ]; then echo {EXIT_KILLED} > exit_code.tmp && mv exit_code.tmp exit_code; fi
-  echo "killed job process group $p"
-else
-  echo "job has no pid yet: nothing to kill"
-fi
-"""
+    """Stop the job and remove its credentials and scratch data (send :data:`JOB_SCRIPT` as stdin).
+
+    The whole process group gets TERM, then KILL after ``grace_seconds``, and the job records exit code 143. Only
+    the job's own process is signalled: a pid that another process holds after a reboot (other boot id or start
+    time) is left alone. A job that has no pid yet is marked killed and does not start training. The outputs of a
+    job that had already succeeded are kept, so that a later try can still fetch them.
+    """
+    return _job_script_command("stop", RemoteLayout(base_dir).job_dir(job), {"grace": max(1, int(grace_seconds))})
 
 
-def cleanup_command(base_dir: str, job: str) -> str:
-    """Remove what must not linger on the VM after the outputs are fetched; keeps train.log and job.json."""
-    q = quote_path(RemoteLayout(base_dir).job_dir(job))
-    return f'job_dir={q}; rm -rf "$job_dir/scratch" "$job_dir/out" "$job_dir/champion.onnx" "$job_dir/blob.cs"'
+def cleanup_command(base_dir: str, job: str, outputs: bool = True) -> str:
+    """Remove what must not linger on the VM: credentials, champion, scratch data and (``outputs``) out/.
+
+    Send :data:`JOB_SCRIPT` as stdin. Decided on the VM: a job that is still running (or starting) is left as it
+    is, whatever the caller believed; train.log and job.json stay, so a retry still re-attaches to the job.
+    """
+    return _job_script_command("cleanup", RemoteLayout(base_dir).job_dir(job), {"outputs": bool(outputs)})
 
 
 def archive_failed_command(base_dir: str, job: str) -> str:
     """Move a failed job's dir aside (``jobs/<id>.failed-<epoch>``) so the next task try can start afresh.
 
-    Guarded on the VM, not only by the caller's view: a job that is running (live pid) or still starting
-    (no pid yet) is never moved, so two racing retries cannot archive the job one of them just started.
-    The connection string is removed from the archived copy.
+    Send :data:`JOB_SCRIPT` as stdin. Decided on the VM with the status check's own rules: a job that is running
+    or still starting (no pid yet, within :data:`START_GRACE_SECONDS`) is never moved, so two racing retries cannot
+    archive the job one of them just started; a job lost before it wrote its pid counts as failed. The archived
+    copy keeps train.log and job.json only.
     """
-    q = quote_path(RemoteLayout(base_dir).job_dir(job))
-    return f"""job_dir={q}
-[ -d "$job_dir" ] || exit 0
-code="$(cat "$job_dir/exit_code" 2>/dev/null || true)"
-p="$(cat "$job_dir/pid" 2>/dev/null || true)"
-failed=no
-if [ -n "$code" ] && [ "$code" != 0 ]; then failed=yes
-elif [ -z "$code" ] && [ -n "$p" ] && ! kill -0 "$p" 2>/dev/null; then failed=yes
-fi
-if [ "$failed" = yes ]; then
-  dest="$job_dir.failed-$(date +%s)"
-  mv "$job_dir" "$dest" && rm -f "$dest/blob.cs" && echo "archived failed job to $dest"
-else
-  echo "job is not failed: left in place"
-fi
-"""
+    return _job_script_command("archive", RemoteLayout(base_dir).job_dir(job))
+
+
+def discard_unstarted_command(base_dir: str, job: str) -> str:
+    """Remove the dir of a job whose submission failed before the job started (send :data:`JOB_SCRIPT` as stdin).
+
+    Only when the start lock (``.started``) was never taken: a job the start command did launch, even if its
+    answer was lost, is left to the status check.
+    """
+    return _job_script_command("discard", RemoteLayout(base_dir).job_dir(job))
+
+
+def sweep_command(base_dir: str, retention_days: float) -> str:
+    """Remove job dirs that ended more than ``retention_days`` ago; prints counts only (send :data:`JOB_SCRIPT`).
+
+    Archived failed attempts, finished jobs and submissions that never started are swept; a running or starting
+    job never is, however old.
+    """
+    return _job_script_command("sweep", base_dir, {"days": float(retention_days)})
 
 
 def blob_connection_string(login: str | None, password: str | None, host: str | None, extra: Mapping) -> str:

@@ -158,3 +158,76 @@ def test_an_answer_within_the_grace_period_resets_it(monkeypatch):
     monkeypatch.setattr(edge_vm_job, "time", type("FakeTime", (), {"time": staticmethod(lambda: clock["now"])}))
     (event,) = events(make_trigger(unreachable_grace=25))
     assert event["status"] == "success"
+
+
+# -- on_kill: a user acted on the deferred task ----------------------------------------------------------------
+
+
+class FakeTI:
+    dag_id, run_id, task_id, map_index = "edge_training", "manual__1", "train_on_edge_vm", -1
+
+
+def kill_scene(monkeypatch, state):
+    """on_kill with the task instance in ``state`` (or the state lookup raising it); returns the jobs it stopped."""
+    stopped = []
+
+    def fake_state(ti):
+        if isinstance(state, BaseException):
+            raise state
+        return state
+
+    monkeypatch.setattr(edge_vm_job, "task_state", fake_state)
+    monkeypatch.setattr(edge_vm_job, "stop_job", lambda conn, base, job: stopped.append((conn, base, job)) or "ok")
+    return stopped
+
+
+@pytest.mark.parametrize("state", ["failed", "success", None, "skipped", "upstream_failed", "removed"])
+def test_on_kill_stops_the_job_when_no_try_watches_it_any_more(monkeypatch, state):
+    stopped = kill_scene(monkeypatch, state)
+    trigger = make_trigger()
+    trigger.task_instance = FakeTI()
+    asyncio.run(trigger.on_kill())
+    assert stopped == [("edge_vm", "/home/u/edge-training", "j1")]
+
+
+@pytest.mark.parametrize("state", ["deferred", "scheduled", "queued", "running"])
+def test_on_kill_leaves_the_job_to_the_try_that_watches_it(monkeypatch, state):
+    stopped = kill_scene(monkeypatch, state)
+    trigger = make_trigger()
+    trigger.task_instance = FakeTI()
+    asyncio.run(trigger.on_kill())
+    assert stopped == []
+
+
+def test_on_kill_after_the_final_event_or_without_a_readable_state_leaves_the_job(monkeypatch):
+    stopped = kill_scene(monkeypatch, "failed")
+    scripted(monkeypatch, SUCCEEDED)
+    trigger = make_trigger()
+    trigger.task_instance = FakeTI()
+    assert events(trigger)[0]["status"] == "success"
+    asyncio.run(trigger.on_kill())  # the event resumed the task: that try fetches the model and cleans up
+    assert stopped == []
+
+    stopped = kill_scene(monkeypatch, ConnectionError("api-server gone"))
+    trigger = make_trigger()
+    trigger.task_instance = FakeTI()
+    asyncio.run(trigger.on_kill())
+    assert stopped == []
+
+
+def test_the_task_state_is_read_for_this_task_instance_and_map_index(monkeypatch):
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked = []
+
+    def fake(**query):
+        asked.append(query)
+        return {"manual__1": {"train_on_edge_vm": "deferred", "train_on_edge_vm_3": "failed"}}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(fake))
+    assert edge_vm_job.task_state(FakeTI()) == "deferred"
+    mapped = FakeTI()
+    mapped.map_index = 3
+    assert edge_vm_job.task_state(mapped) == "failed"
+    assert asked[0] == {"dag_id": "edge_training", "task_ids": ["train_on_edge_vm"], "run_ids": ["manual__1"],
+                        "map_index": -1}  # fmt: skip

@@ -62,6 +62,13 @@ def start(base: Path, job: str, **params) -> rj.JobStatus:
     return rj.parse_status(result.stdout)
 
 
+def job_script(command: str) -> subprocess.CompletedProcess:
+    """Run a job-script command (stop, cleanup, archive, discard, sweep) as the operator does: the script on stdin."""
+    result = sh(command, input=rj.JOB_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def status(base: Path, job: str) -> rj.JobStatus:
     result = sh(rj.status_command(str(base), job))
     assert result.returncode == 0, result.stderr
@@ -213,8 +220,7 @@ def test_kill_stops_the_whole_process_group_and_records_exit_143(base):
     assert alive(st.pid) and alive(child)
 
     began = time.monotonic()
-    result = sh(rj.kill_command(str(base), "job-kill"))
-    assert result.returncode == 0, result.stderr
+    job_script(rj.kill_command(str(base), "job-kill"))
     assert time.monotonic() - began < 5  # TERM was enough: no wait for the KILL grace period
 
     assert not alive(st.pid) and not alive(child)
@@ -241,7 +247,7 @@ def test_cleanup_removes_outputs_scratch_and_credentials_but_keeps_log_and_job_j
     wait_terminal(base, "job-clean")
     (job_dir / "scratch" / "part.csv").write_text("rows")
 
-    assert sh(rj.cleanup_command(str(base), "job-clean")).returncode == 0
+    job_script(rj.cleanup_command(str(base), "job-clean"))
 
     left = sorted(p.name for p in job_dir.iterdir())
     assert "train.log" in left and "job.json" in left
@@ -254,7 +260,7 @@ def test_archive_moves_a_failed_job_aside_but_never_a_running_one(base):
     start(base, "job-arch", fail=1)
     wait_terminal(base, "job-arch")
     (base / "jobs" / "job-arch" / "blob.cs").write_text("secret")
-    out = sh(rj.archive_failed_command(str(base), "job-arch")).stdout
+    out = job_script(rj.archive_failed_command(str(base), "job-arch")).stdout
     assert "archived" in out
     assert status(base, "job-arch").state == "missing"
     (archived,) = [p for p in (base / "jobs").iterdir() if p.name.startswith("job-arch.failed-")]
@@ -265,17 +271,181 @@ def test_archive_moves_a_failed_job_aside_but_never_a_running_one(base):
     assert wait_terminal(base, "job-arch").state == "succeeded"
 
     running = start(base, "job-busy", sleep=300)
-    assert "left in place" in sh(rj.archive_failed_command(str(base), "job-busy")).stdout
+    assert "left in place" in job_script(rj.archive_failed_command(str(base), "job-busy")).stdout
     assert status(base, "job-busy").state == "running"
-    sh(rj.kill_command(str(base), "job-busy"))
+    job_script(rj.kill_command(str(base), "job-busy"))
     time.sleep(0.3)
     assert not alive(running.pid)
+
+
+def started_long_ago(base: Path, job: str, seconds: float = rj.START_GRACE_SECONDS + 5) -> Path:
+    """A job dir whose start lock was taken ``seconds`` ago (what a start command that died leaves behind)."""
+    job_dir = base / "jobs" / job
+    (job_dir / ".started").mkdir(parents=True, exist_ok=True)
+    then = time.time() - seconds
+    os.utime(job_dir / ".started", (then, then))
+    return job_dir
+
+
+def test_a_job_lost_before_it_wrote_its_pid_is_set_aside_after_the_start_grace_and_trains_again(base):
+    job_dir = base / "jobs" / "job-nopid"
+    (job_dir / ".started").mkdir(parents=True)
+    (job_dir / "blob.cs").write_text("AccountKey=secret")
+    young = status(base, "job-nopid")
+    assert (young.state, young.reason) == ("running", "starting")  # within the grace: maybe still starting
+    assert "left in place" in job_script(rj.archive_failed_command(str(base), "job-nopid")).stdout
+
+    started_long_ago(base, "job-nopid")
+    lost = status(base, "job-nopid")
+    assert lost.state == "failed" and lost.exit_code is None
+    assert lost.reason.startswith("lost: its process never wrote a pid within 60 s")
+    assert "archived failed job" in job_script(rj.archive_failed_command(str(base), "job-nopid")).stdout
+    (archived,) = (base / "jobs").glob("job-nopid.failed-*")
+    assert not (archived / "blob.cs").exists()
+    assert start(base, "job-nopid").started is True
+    assert wait_terminal(base, "job-nopid").state == "succeeded" and len(runs(base)) == 1
+
+
+def test_a_started_job_records_the_boot_id_and_its_process_start_time(base):
+    st = start(base, "job-who", sleep=300)
+    job_dir = base / "jobs" / "job-who"
+    assert (job_dir / "boot_id").read_text().strip() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    own = Path(f"/proc/{st.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert (job_dir / "pid_start").read_text().strip() == own[19]
+    job_script(rj.kill_command(str(base), "job-who"))
+
+
+@pytest.mark.parametrize(
+    ("planted", "reason"),
+    [
+        ({"boot_id": "00000000-0000-0000-0000-000000000000"}, "the edge VM rebooted since the job started"),
+        ({"pid_start": "1"}, "now belongs to another process"),
+    ],
+)
+def test_a_pid_that_another_process_holds_after_a_reboot_is_not_the_job(base, planted, reason):
+    # A live process that is not the job holds the job's pid, as after a reboot; it must be neither kept nor killed.
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        job_dir = started_long_ago(base, "job-reused")
+        (job_dir / "boot_id").write_text(Path("/proc/sys/kernel/random/boot_id").read_text())
+        (job_dir / "pid_start").write_text(Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        for name, value in planted.items():
+            (job_dir / name).write_text(value)
+        (job_dir / "pid").write_text(str(other.pid))
+        (job_dir / "blob.cs").write_text("AccountKey=secret")
+
+        st = status(base, "job-reused")
+        assert st.state == "failed" and st.reason.startswith("lost: ") and reason in st.reason
+        out = job_script(rj.kill_command(str(base), "job-reused")).stdout
+        assert "not running" in out and alive(other.pid)
+        assert not (job_dir / "blob.cs").exists()
+        assert "archived failed job" in job_script(rj.archive_failed_command(str(base), "job-reused")).stdout
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_cleanup_never_touches_a_running_job(base):
+    st = start(base, "job-live", sleep=300)
+    job_dir = base / "jobs" / "job-live"
+    (job_dir / "blob.cs").write_text("AccountKey=secret")
+    (job_dir / "scratch" / "part.csv").write_text("rows")
+
+    out = job_script(rj.cleanup_command(str(base), "job-live")).stdout
+    assert "running: left in place" in out
+    assert (job_dir / "blob.cs").exists() and (job_dir / "scratch" / "part.csv").exists() and alive(st.pid)
+
+    out = job_script(rj.kill_command(str(base), "job-live")).stdout
+    assert f"killed job process group {st.pid}" in out
+    assert not alive(st.pid) and not (job_dir / "blob.cs").exists() and not (job_dir / "scratch").exists()
+    assert status(base, "job-live").reason == "killed"
+
+
+def test_stopping_a_job_that_already_succeeded_keeps_its_outputs_and_drops_its_credentials(base):
+    start(base, "job-done")
+    wait_terminal(base, "job-done")
+    job_dir = base / "jobs" / "job-done"
+    (job_dir / "blob.cs").write_text("AccountKey=secret")
+    out = job_script(rj.kill_command(str(base), "job-done")).stdout
+    assert "already ended" in out
+    assert (job_dir / "out" / "model.onnx").exists() and not (job_dir / "blob.cs").exists()
+    assert status(base, "job-done").state == "succeeded"  # a later try can still fetch the model
+
+
+def test_a_job_stopped_before_it_has_a_pid_never_trains(base):
+    job_dir = base / "jobs" / "job-early"
+    (job_dir / ".started").mkdir(parents=True)
+    out = job_script(rj.kill_command(str(base), "job-early")).stdout
+    assert "no pid yet: marked killed" in out
+    st = status(base, "job-early")
+    assert (st.state, st.exit_code, st.reason) == ("failed", rj.EXIT_KILLED, "killed")
+    # Its launcher, if it still comes round to run, stops before train.py.
+    (job_dir / "run.sh").write_text(rj._run_script(CODE, REQ, ["--out", "out"]))
+    assert sh(f"bash {str(job_dir / 'run.sh')!r}").returncode == 0
+    assert runs(base) == [] and not (job_dir / "train.log").exists()
+
+
+def test_discard_removes_a_submission_that_never_started_and_nothing_else(base):
+    never = base / "jobs" / "job-never"
+    never.mkdir(parents=True)
+    (never / "blob.cs").write_text("AccountKey=secret")
+    assert "never started" in job_script(rj.discard_unstarted_command(str(base), "job-never")).stdout
+    assert not never.exists()
+
+    st = start(base, "job-launched", sleep=300)
+    assert "left in place" in job_script(rj.discard_unstarted_command(str(base), "job-launched")).stdout
+    assert alive(st.pid) and (base / "jobs" / "job-launched" / "pid").exists()
+    job_script(rj.kill_command(str(base), "job-launched"))
+
+
+def test_sweep_removes_only_job_dirs_that_ended_before_the_retention_and_logs_counts(base):
+    day = 86400
+    old = time.time() - 20 * day
+
+    def finished(job: str, when: float, code: int = 0) -> Path:
+        job_dir = base / "jobs" / job
+        (job_dir / ".started").mkdir(parents=True)
+        (job_dir / "exit_code").write_text(f"{code}\n")
+        (job_dir / "train.log").write_text("secret-looking row 1,2,3\n")
+        os.utime(job_dir / "exit_code", (when, when))
+        return job_dir
+
+    finished("job-old-ok", old)
+    finished("job-old-failed", old, code=1)
+    finished("job-fresh", time.time() - day)
+    archived_old = finished(f"job-x.failed-{int(old)}", old, code=1)
+    archived_new = finished(f"job-y.failed-{int(time.time())}", old, code=1)
+    never = base / "jobs" / "job-never-started"
+    never.mkdir()
+    os.utime(never, (old, old))
+    running = start(base, "job-running", sleep=300)
+    os.utime(base / "jobs" / "job-running" / ".started", (old, old))  # started long ago, still training
+
+    out = job_script(rj.sweep_command(str(base), 14)).stdout.strip()
+    assert out == "swept 4 job dirs that ended more than 14 days ago; kept 1 running and 2 recent"
+    left = sorted(p.name for p in (base / "jobs").iterdir())
+    assert left == sorted(["job-fresh", archived_new.name, "job-running"])
+    assert not archived_old.exists() and alive(running.pid)
+    assert "row" not in out
+    assert job_script(rj.sweep_command(str(base / "nowhere"), 14)).stdout.startswith("swept 0 job dirs")
+    job_script(rj.kill_command(str(base), "job-running"))
+
+
+def test_job_script_commands_are_short_and_quote_their_paths(base):
+    for command in (
+        rj.kill_command(str(base), "j"),
+        rj.cleanup_command(str(base), "j"),
+        rj.archive_failed_command(str(base), "j"),
+        rj.discard_unstarted_command(str(base), "j"),
+        rj.sweep_command(str(base), 14),
+    ):
+        assert command.startswith("python3 - ") and len(command) < 300 and f"'{base}" in command
 
 
 def test_status_script_on_stdin_gives_the_same_answer(base):
     start(base, "job-stdin")
     wait_terminal(base, "job-stdin")
-    result = sh(rj.status_command(str(base), "job-stdin", script_on_stdin=True), input=rj.STATUS_SCRIPT)
+    result = sh(rj.status_command(str(base), "job-stdin", script_on_stdin=True), input=rj.JOB_SCRIPT)
     assert rj.parse_status(result.stdout) == status(base, "job-stdin")
     assert len(rj.status_command(str(base), "job-stdin", script_on_stdin=True)) < 200
 

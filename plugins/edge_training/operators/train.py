@@ -121,6 +121,9 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.unreachable_grace = unreachable_grace
         self._job_id: str | None = None
         self._abs_base: str | None = None
+        # After the last try nobody re-attaches to the job: stop it and remove its credentials (beside the DAG's own
+        # failure callbacks, e.g. the alert).
+        self.on_failure_callback = [*self.on_failure_callback, stop_job_after_final_failure]
 
     @cached_property
     def hook(self) -> EdgeVMHook:
@@ -152,14 +155,15 @@ class EdgeVMTrainingOperator(BaseOperator):
                 )
         return self._abs_base
 
+    def _job_script(self, command: str, step: str, timeout: float = 60) -> str:
+        """Run one of remote_job's job-script commands (status, stop, cleanup, archive, discard, sweep)."""
+        return self._run(command, step, timeout=timeout, input=remote_job.JOB_SCRIPT.encode())
+
     def _status(self, job: str) -> remote_job.JobStatus:
         base = self._resolve_base()
-        out = self._run(
-            remote_job.status_command(base, job, script_on_stdin=True),
-            "job status",
-            input=remote_job.STATUS_SCRIPT.encode(),
+        return remote_job.parse_status(
+            self._job_script(remote_job.status_command(base, job, script_on_stdin=True), "job status")
         )
-        return remote_job.parse_status(out)
 
     # -- execute -------------------------------------------------------------------------------------------
 
@@ -184,11 +188,12 @@ class EdgeVMTrainingOperator(BaseOperator):
         if status.state == "failed":
             # A failed job is only seen again by a new try (automatic retry, or a clear after a fix): train again.
             self.log.info("Edge VM job %s failed earlier (%s); setting it aside and starting it again", job, status.reason)
-            self.log.info("%s", self._run(remote_job.archive_failed_command(base, job), "set failed job aside").strip())
+            self.log.info("%s", self._job_script(remote_job.archive_failed_command(base, job), "set failed job aside").strip())
             status = self._status(job)
 
         if status.state == "missing":
-            status = self._submit(context, job)
+            self._sweep(base)
+            status = self._submit_or_discard(context, job)
         else:
             self.log.info("Edge VM job %s already exists (%s): re-attaching, not starting another", job, status.state)
 
@@ -225,6 +230,37 @@ class EdgeVMTrainingOperator(BaseOperator):
     def _timeout_at(self, status: remote_job.JobStatus) -> float:
         submitted = (status.job or {}).get("submitted_at_epoch") or time.time()
         return float(submitted) + self._time_limit()
+
+    def _sweep(self, base: str) -> None:
+        """Remove job dirs on the VM that ended more than ``EDGE_VM_JOB_RETENTION_DAYS`` ago (housekeeping only)."""
+        if config.VM_JOB_RETENTION_DAYS <= 0:
+            return
+        try:
+            out = self._job_script(remote_job.sweep_command(base, config.VM_JOB_RETENTION_DAYS), "sweep old job dirs")
+        except Exception as err:
+            # Old folders can wait for the next submission; this training should not.
+            self.log.warning("Could not sweep old job dirs on the edge VM (%s): %s", type(err).__name__, err)
+            return
+        self.log.info("Edge VM work dir %s: %s", base, out.strip())
+
+    def _submit_or_discard(self, context: Context, job: str) -> remote_job.JobStatus:
+        """Submit the job; if submission fails before the job started, remove what it had written to the VM."""
+        try:
+            return self._submit(context, job)
+        except BaseException:
+            # The credentials (and champion) may already sit in the job dir; nothing will ever run to use them.
+            try:
+                out = self._job_script(
+                    remote_job.discard_unstarted_command(self._resolve_base(), job), "discard unstarted job"
+                )
+                self.log.info("Edge VM job %s: %s", job, out.strip())
+            except Exception:
+                self.log.exception(
+                    "Could not remove the dir of edge VM job %s after its submission failed; the next try "
+                    "overwrites it, or remove it on the VM",
+                    job,
+                )
+            raise
 
     def _submit(self, context: Context, job: str) -> remote_job.JobStatus:
         base = self._resolve_base()
@@ -397,9 +433,11 @@ class EdgeVMTrainingOperator(BaseOperator):
         if event.get("status") != "success":
             if event.get("timed_out"):
                 self.log.warning("Edge VM job %s timed out: stopping it on the VM", job)
-                self._run(remote_job.kill_command(base, job), "stop timed-out job", timeout=60)
-            # Credentials and scratch data must not outlive the job, whatever its outcome.
-            self._run(remote_job.cleanup_command(base, job), "clean up job dir")
+                self.log.info("%s", self._job_script(remote_job.kill_command(base, job), "stop timed-out job").strip())
+            else:
+                # Credentials and scratch data must not outlive the job. The VM decides whether it has ended: after
+                # an error while checking its status the job may still be training, and a retry re-attaches to it.
+                self._tidy(remote_job.cleanup_command(base, job), job)
             self._fail(job, event)
 
         status = self._status(job)
@@ -409,7 +447,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             self.log.info("Artifacts of edge VM job %s already fetched to %s: reusing them", job, local)
         else:
             self._fetch(base, job, local)
-        self._run(remote_job.cleanup_command(base, job), "clean up job dir")
+        self._job_script(remote_job.cleanup_command(base, job), "clean up job dir")
 
         metrics = json.loads((local / "metrics.json").read_text())
         result = {
@@ -456,6 +494,13 @@ class EdgeVMTrainingOperator(BaseOperator):
         partial.rename(local)
         self.log.info("Fetched model.onnx and metrics.json of edge VM job %s to %s", job, local)
 
+    def _tidy(self, command: str, job: str) -> None:
+        """Clean up on the VM on the way to a failure: a cleanup error is logged, not raised over the real one."""
+        try:
+            self.log.info("Edge VM job %s: %s", job, self._job_script(command, "clean up job dir").strip())
+        except Exception as err:
+            self.log.warning("Could not clean up edge VM job %s (%s): %s", job, type(err).__name__, err)
+
     def _fail(self, job: str, event: Mapping[str, Any]) -> None:
         tail = event.get("log_tail") or "(train.log is empty)"
         bad_input = event.get("exit_code") == remote_job.EXIT_BAD_INPUT
@@ -472,11 +517,35 @@ class EdgeVMTrainingOperator(BaseOperator):
         raise (AirflowFailException if bad_input else AirflowException)(message)
 
     def on_kill(self) -> None:
-        if not self._job_id:
-            return
+        if self._job_id:
+            self.stop_job(self._job_id, "the task was stopped")
+
+    def stop_job(self, job: str, why: str) -> None:
+        """Stop the job on the VM and remove its credentials and scratch data; errors are logged, not raised.
+
+        :param job: Id of the job.
+        :param why: What ended the task, for the log.
+        """
         try:
-            out = self._run(remote_job.kill_command(self._resolve_base(), self._job_id), "stop job", timeout=60)
-            self.log.info("%s", out.strip())
-            self._close_hook()
+            out = self._job_script(remote_job.kill_command(self._resolve_base(), job), "stop job", timeout=60)
+            self.log.info("Edge VM job %s: %s; %s", job, why, " / ".join(out.strip().splitlines()))
         except Exception:
-            self.log.exception("Could not stop edge VM job %s; stop it on the VM (kill its process group)", self._job_id)
+            self.log.exception(
+                "Could not stop edge VM job %s (%s): stop it on the VM (kill its process group) and remove %s",
+                job, why, remote_job.RemoteLayout(self.base_dir).job_file(job, "blob.cs"),
+            )  # fmt: skip
+        finally:
+            self._close_hook()
+
+
+def stop_job_after_final_failure(context: Context) -> None:
+    """on_failure_callback of EdgeVMTrainingOperator: after its last try no task watches the job, so stop it.
+
+    Runs only when the task has failed for good (retries exhausted, or the retry policy failed it at once); a
+    failed try that will be retried leaves the job to the retry, which re-attaches to it.
+    """
+    task = context["task"]
+    ti = context["ti"]
+    if isinstance(task, EdgeVMTrainingOperator):
+        job = remote_job.job_id(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+        task.stop_job(job, f"the task failed on try {ti.try_number}, its last")

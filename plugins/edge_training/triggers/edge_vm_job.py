@@ -10,30 +10,67 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from edge_training import config, remote_job
-from edge_training.exceptions import EdgeVMUnreachableError
+from edge_training.exceptions import EdgeVMJobError, EdgeVMUnreachableError
 
 # Worth another poll: the network or sshd hiccuped; the job itself keeps running on the VM.
 _TRANSIENT_ERRORS = (EdgeVMUnreachableError, OSError, TimeoutError, EOFError)
 
+# Task states in which a try of the task watches the job, or is about to: the trigger was moved (to another
+# triggerer, or a cleared task's new try deferred again) or the task resumed. The job is left to that try.
+_STATES_WATCHING_THE_JOB = frozenset({"deferred", "scheduled", "queued", "running", "up_for_reschedule"})
+# Seconds the job gets between TERM and KILL when a user stops the task; within the triggerer's on_kill bound.
+_KILL_GRACE_S = 10
 
-def fetch_status(ssh_conn_id: str, base_dir: str, job_id: str) -> remote_job.JobStatus:
-    """Run the status command on the edge VM (blocking; the trigger calls it in a thread)."""
+
+def _run_job_script(ssh_conn_id: str, command: str, timeout: float, check: bool = True) -> str:
+    """Run a remote_job job-script command on the edge VM (blocking; the trigger calls it in a thread)."""
     from edge_training.hooks.edge_vm import EdgeVMHook
 
     hook = EdgeVMHook(ssh_conn_id=ssh_conn_id)
     try:
-        result = hook.run(
-            remote_job.status_command(base_dir, job_id, script_on_stdin=True),
-            timeout=60,
-            input=remote_job.STATUS_SCRIPT.encode(),
-        )
+        result = hook.run(command, timeout=timeout, input=remote_job.JOB_SCRIPT.encode())
     finally:
         hook.close()
-    return remote_job.parse_status(result.stdout)
+    if check and result.exit_status != 0:
+        err = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise EdgeVMJobError(f"{command!r} on the edge VM exited with status {result.exit_status}: {err}")
+    return result.stdout
+
+
+def fetch_status(ssh_conn_id: str, base_dir: str, job_id: str) -> remote_job.JobStatus:
+    """Run the status command on the edge VM (blocking; the trigger calls it in a thread)."""
+    command = remote_job.status_command(base_dir, job_id, script_on_stdin=True)
+    # No status line (whatever the exit status) is a StatusParseError that names what to check.
+    return remote_job.parse_status(_run_job_script(ssh_conn_id, command, 60, check=False))
+
+
+def stop_job(ssh_conn_id: str, base_dir: str, job_id: str) -> str:
+    """Stop the job and remove its credentials and scratch data (blocking; the trigger calls it in a thread)."""
+    return _run_job_script(ssh_conn_id, remote_job.kill_command(base_dir, job_id, _KILL_GRACE_S), _KILL_GRACE_S * 2)
+
+
+def task_state(task_instance: Any) -> str | None:
+    """The current state of the deferred task instance, asked of the Airflow API (blocking; call in a thread)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    map_index = getattr(task_instance, "map_index", -1)
+    states = RuntimeTaskInstance.get_task_states(
+        dag_id=task_instance.dag_id,
+        task_ids=[task_instance.task_id],
+        run_ids=[task_instance.run_id],
+        map_index=map_index,
+    )
+    key = task_instance.task_id if map_index is None or map_index < 0 else f"{task_instance.task_id}_{map_index}"
+    return (states.get(task_instance.run_id) or {}).get(key)
 
 
 class EdgeVMJobTrigger(BaseTrigger):
     """Poll a training job on the edge VM until it ends or ``timeout_at`` passes.
+
+    When a user marks the deferred task failed or successful, or clears it, the triggerer calls :meth:`on_kill`: the
+    job is stopped and its credentials and scratch data removed, unless a try of the task watches the job again (the
+    task instance is deferred, scheduled, queued or running: the trigger was only moved, or the task resumed). A
+    triggerer restart only cancels the trigger (no ``on_kill``): the job trains on and the trigger resumes polling.
 
     :param ssh_conn_id: SSH connection of the edge VM.
     :param job_id: Id of the job (see ``remote_job.job_id``).
@@ -61,6 +98,8 @@ class EdgeVMJobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.timeout_at = None if timeout_at is None else float(timeout_at)
         self.unreachable_grace = None if unreachable_grace is None else float(unreachable_grace)
+        # Set once the final event is out: from then on the resumed task owns the job.
+        self._event_sent = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -76,9 +115,34 @@ class EdgeVMJobTrigger(BaseTrigger):
         )
 
     def _error(self, message: str, log_tail: str = "", **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
+        return self._event(
             {"status": "error", "job_id": self.job_id, "message": message, "log_tail": log_tail, **extra}
         )
+
+    def _event(self, payload: dict[str, Any]) -> TriggerEvent:
+        self._event_sent = True
+        return TriggerEvent(payload)
+
+    async def on_kill(self) -> None:
+        """A user acted on the deferred task: stop the job unless a try of the task watches it again."""
+        if self._event_sent:
+            self.log.info("Edge VM job %s: its final event was sent; the resumed task handles the job", self.job_id)
+            return
+        if self.task_instance is None:
+            self.log.warning("Edge VM job %s: trigger cancelled without a task instance; job left running", self.job_id)
+            return
+        try:
+            state = await asyncio.to_thread(task_state, self.task_instance)
+        except Exception:
+            # Stopping a job that a try still watches costs a training: when in doubt, leave it to that try.
+            self.log.exception("Edge VM job %s: could not read the task's state; job left running", self.job_id)
+            return
+        if state in _STATES_WATCHING_THE_JOB:
+            self.log.info("Edge VM job %s: the task is %s again; job left to that try", self.job_id, state)
+            return
+        self.log.info("Edge VM job %s: the task is now %s; stopping the job on the edge VM", self.job_id, state)
+        out = await asyncio.to_thread(stop_job, self.ssh_conn_id, self.base_dir, self.job_id)
+        self.log.info("Edge VM job %s: %s", self.job_id, " / ".join(out.strip().splitlines()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last: remote_job.JobStatus | None = None
@@ -116,13 +180,13 @@ class EdgeVMJobTrigger(BaseTrigger):
                     )
                     return
                 if status.terminal:
-                    yield TriggerEvent(remote_job.status_event(self.job_id, status))
+                    yield self._event(remote_job.status_event(self.job_id, status))
                     return
                 self.log.info("Edge VM job %s: %s (pid %s)", self.job_id, status.state, status.pid)
 
             if self.timeout_at is not None and time.time() >= self.timeout_at:
                 if last is not None:
-                    yield TriggerEvent(remote_job.status_event(self.job_id, last, timed_out=True))
+                    yield self._event(remote_job.status_event(self.job_id, last, timed_out=True))
                 else:
                     yield self._error(
                         "could not be checked before the timeout: the edge VM did not answer", timed_out=True
