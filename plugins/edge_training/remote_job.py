@@ -449,6 +449,8 @@ def kill(d, grace):
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
+            # A stopped process (SIGSTOP, a debugger) acts on TERM only once it runs again.
+            os.killpg(pid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             break
         deadline = time.time() + grace

@@ -37,6 +37,7 @@ class FakeTI:
         self.task_id = "train_on_edge_vm"
         self.run_id = run_id
         self.map_index = -1
+        self.try_number = 1
         self.pushed: dict[str, object] = {}
 
     def xcom_push(self, key: str, value: object) -> None:
