@@ -408,9 +408,10 @@ def job_status(d, extra=None):
     elif not finished():  # the job may have written its exit code meanwhile
         st["state"] = "failed"
         if st["pid"] is None:
-            why = "its process never wrote a pid within __GRACE__ s of the start (the start command died)"
-        st["reason"] = ("lost: %s, without an exit code (edge VM rebooted, or the process was killed "
-                        "outside Airflow)" % why)
+            st["reason"] = "lost: the job never wrote a pid within __GRACE__ s of its start (the start command died)"
+        else:
+            st["reason"] = ("lost: %s, without an exit code (edge VM rebooted, or the process was killed "
+                            "outside Airflow)" % why)
     return st
 
 

@@ -298,7 +298,7 @@ def test_a_job_lost_before_it_wrote_its_pid_is_set_aside_after_the_start_grace_a
     started_long_ago(base, "job-nopid")
     lost = status(base, "job-nopid")
     assert lost.state == "failed" and lost.exit_code is None
-    assert lost.reason.startswith("lost: its process never wrote a pid within 60 s")
+    assert lost.reason == "lost: the job never wrote a pid within 60 s of its start (the start command died)"
     assert "archived failed job" in job_script(rj.archive_failed_command(str(base), "job-nopid")).stdout
     (archived,) = (base / "jobs").glob("job-nopid.failed-*")
     assert not (archived / "blob.cs").exists()
