@@ -19,6 +19,7 @@ import pytest
 
 from edge_training import remote_job
 from tests.integration.test_train_on_vm import container, make_context  # noqa: F401 - `container` is a fixture
+from tests.integration.test_training_faults import alive, wait_for_pid
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +41,6 @@ def make_operator(container: str, base_dir: str, **kwargs):
         "timeout": 900,
     }
     return EdgeVMTrainingOperator(**{**args, **kwargs})
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_for_pid(job_dir: Path, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = (job_dir / "pid").read_text().strip() if (job_dir / "pid").exists() else ""
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.1)
-    raise AssertionError(f"{job_dir}/pid did not appear within {timeout} s")
 
 
 def hold(pid: int) -> None:

@@ -1,0 +1,87 @@
+"""A user marks a deferred training failed in Airflow (as from the UI) on a real scheduler + triggerer: the triggerer
+stops the job on the edge VM and removes its credentials and scratch data; clearing the task then trains again.
+
+The edge VM of the local stack is this machine: the test looks into the job dir and at the job's processes directly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests._pipeline import FAST_TRAINING
+from tests.e2e.conftest import DAG_ID, WINDOW_DAYS
+
+pytestmark = pytest.mark.e2e
+
+TASK = "train_on_edge_vm"
+RUN_TIMEOUT_S = 420
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _state(api, run_id: str, task_id: str = TASK) -> str | None:
+    return {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}.get(task_id)
+
+
+def _wait(what: str, check, timeout: float, logs=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s\n{logs()}"
+        time.sleep(0.05)
+
+
+def _trigger_logs(e2e_airflow, run_id: str) -> str:
+    """What the triggerer logged about the run's training task (for a failure message)."""
+    paths = [p for p in (e2e_airflow.airflow.home / "logs").rglob("*.trigger.*") if TASK in str(p)]
+    return "\n----\n".join(f"{path}:\n{path.read_text(errors='replace')[-8000:]}" for path in paths) or "no trigger log"
+
+
+def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_again(api, e2e_airflow):
+    from edge_training import remote_job
+
+    run = api.trigger(DAG_ID, conf={"training_params": FAST_TRAINING, "skip_image_build": True,
+                                    "window_days": WINDOW_DAYS})  # fmt: skip
+    run_id = run["dag_run_id"]
+    job_dir = e2e_airflow.vm_base / "jobs" / remote_job.job_id(DAG_ID, run_id, TASK)
+
+    # Hold the job mid-training as soon as it has a pid, whatever this machine's speed (it would finish in seconds).
+    _wait("the training job started on the edge VM", lambda: (job_dir / "pid").is_file(), RUN_TIMEOUT_S)
+    pid = int((job_dir / "pid").read_text())
+    os.killpg(pid, signal.SIGSTOP)
+    _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120)
+    assert (job_dir / "blob.cs").exists() and _alive(pid)
+
+    quoted = urllib.parse.quote(run_id, safe="")
+    api.request("PATCH", f"/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/{TASK}", {"new_state": "failed"})
+
+    # The triggerer's on_kill stops the job on the VM and removes what must not stay there.
+    _wait("the job stopped on the edge VM", lambda: not _alive(pid), 60, lambda: _trigger_logs(e2e_airflow, run_id))
+    _wait("the job's credentials removed", lambda: not (job_dir / "blob.cs").exists(), 30)
+    assert not (job_dir / "scratch").exists() and not (job_dir / "champion.onnx").exists()
+    assert (job_dir / "exit_code").read_text().strip() == str(remote_job.EXIT_KILLED)
+    assert (job_dir / "killed").exists() and (job_dir / "train.log").exists()
+    assert _state(api, run_id) == "failed"
+
+    # Clearing it is a new try: it sets the stopped job aside on the VM and trains again, to a registered model.
+    api.request("POST", f"/dags/{DAG_ID}/clearTaskInstances", {
+        "dry_run": False, "task_ids": [TASK], "dag_run_id": run_id, "include_downstream": True,
+        "only_failed": False, "reset_dag_runs": True,
+    })  # fmt: skip
+    lines: list[str] = []
+    final = api.follow(DAG_ID, run_id, on_change=lines.append, timeout=RUN_TIMEOUT_S)
+    assert final["state"] == "success", "\n".join(lines)
+    (archived,) = job_dir.parent.glob(f"{job_dir.name}.failed-*")
+    assert (archived / "exit_code").read_text().strip() == str(remote_job.EXIT_KILLED)
+    assert int((job_dir / "pid").read_text()) != pid
+    assert not {"blob.cs", "scratch", "champion.onnx"} & {p.name for p in job_dir.iterdir()}
