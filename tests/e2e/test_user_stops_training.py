@@ -34,11 +34,11 @@ def _state(api, run_id: str, task_id: str = TASK) -> str | None:
     return {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}.get(task_id)
 
 
-def _wait(what: str, check, timeout: float, logs=lambda: "") -> None:
+def _wait(what: str, check, timeout: float, logs=lambda: "", poll: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"{what}: not within {timeout} s\n{logs()}"
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def _trigger_logs(e2e_airflow, run_id: str) -> str:
@@ -59,7 +59,7 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     _wait("the training job started on the edge VM", lambda: (job_dir / "pid").is_file(), RUN_TIMEOUT_S)
     pid = int((job_dir / "pid").read_text())
     os.killpg(pid, signal.SIGSTOP)
-    _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120)
+    _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120, poll=0.5)
     assert (job_dir / "blob.cs").exists() and _alive(pid)
 
     quoted = urllib.parse.quote(run_id, safe="")
