@@ -294,6 +294,9 @@ echo $$ > pid.tmp && mv pid.tmp pid
 [ -e killed ] && exit 0
 {command} > train.log 2>&1
 ec=$?
+# Whoever still watches the job (a deferred task marked failed before a triggerer picked it up: nobody), what it
+# read is no longer needed: credentials, champion and scratch data go before the exit code says the job ended.
+rm -rf blob.cs champion.onnx scratch
 echo $ec > exit_code.tmp && mv exit_code.tmp exit_code
 """
 

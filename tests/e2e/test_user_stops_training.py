@@ -42,8 +42,9 @@ def _wait(what: str, check, timeout: float, logs=lambda: "", poll: float = 0.05)
 
 
 def _trigger_logs(e2e_airflow, run_id: str) -> str:
-    """What the triggerer logged about the run's training task (for a failure message)."""
-    paths = [p for p in (e2e_airflow.airflow.home / "logs").rglob("*.trigger.*") if TASK in str(p)]
+    """What the triggerer logged about the run's training task."""
+    folder = e2e_airflow.airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK}"
+    paths = sorted(folder.glob("*.trigger.*"))
     return "\n----\n".join(f"{path}:\n{path.read_text(errors='replace')[-8000:]}" for path in paths) or "no trigger log"
 
 
@@ -60,15 +61,21 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     pid = int((job_dir / "pid").read_text())
     os.killpg(pid, signal.SIGSTOP)
     _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120, poll=0.5)
-    assert (job_dir / "blob.cs").exists() and _alive(pid)
+    # As a user would see it: the triggerer has picked the task up and polls the job (a task marked failed before
+    # any triggerer ran its trigger gets no on_kill; its job then removes credentials and scratch itself at its end).
+    _wait("the triggerer polling the job", lambda: f"{job_dir.name}: running" in _trigger_logs(e2e_airflow, run_id),
+          120, poll=0.5)  # fmt: skip
+    # Scratch data the job wrote (train.py deletes its SAS file once read, so that one may already be gone).
+    (job_dir / "scratch" / "part-0000.csv").write_text("M-0001,2026-11-01T00:00:00Z,63.11\n")
+    assert _alive(pid)
 
     quoted = urllib.parse.quote(run_id, safe="")
     api.request("PATCH", f"/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/{TASK}", {"new_state": "failed"})
 
     # The triggerer's on_kill stops the job on the VM and removes what must not stay there.
     _wait("the job stopped on the edge VM", lambda: not _alive(pid), 60, lambda: _trigger_logs(e2e_airflow, run_id))
-    _wait("the job's credentials removed", lambda: not (job_dir / "blob.cs").exists(), 30)
-    assert not (job_dir / "scratch").exists() and not (job_dir / "champion.onnx").exists()
+    _wait("the job's scratch data removed", lambda: not (job_dir / "scratch").exists(), 30)
+    assert not (job_dir / "blob.cs").exists() and not (job_dir / "champion.onnx").exists()
     assert (job_dir / "exit_code").read_text().strip() == str(remote_job.EXIT_KILLED)
     assert (job_dir / "killed").exists() and (job_dir / "train.log").exists()
     assert _state(api, run_id) == "failed"

@@ -58,8 +58,14 @@ def deferred_job(container: str, base: str, run_id: str):
     job_dir = Path(base) / "jobs" / trigger.job_id
     pid = wait_for_pid(job_dir)
     hold(pid)
-    assert (job_dir / "blob.cs").exists()
+    plant_secrets_and_scratch(job_dir)
     return trigger, job_dir, pid
+
+
+def plant_secrets_and_scratch(job_dir: Path) -> None:
+    """Make sure the held job has credentials and scratch data on the VM (train.py deletes its SAS once read)."""
+    (job_dir / "blob.cs").write_text("BlobEndpoint=http://127.0.0.1:1/a;SharedAccessSignature=sv=x&sig=planted")
+    (job_dir / "scratch" / "part-0000.csv").write_text("M-0001,2026-11-01T00:00:00Z,63.11\n")
 
 
 def status(job_dir: Path) -> remote_job.JobStatus:
@@ -112,7 +118,6 @@ def run_cancelled_trigger(trigger, state: str | None, monkeypatch) -> None:
 def test_a_deferred_task_marked_failed_stops_its_job_and_removes_credentials_and_scratch(edge_env, container,
                                                                                           vm_work_dir, monkeypatch):  # fmt: skip
     trigger, job_dir, pid = deferred_job(container, vm_work_dir, f"manual__{uuid.uuid4().hex}")
-    (job_dir / "scratch" / "part-0000.csv").write_text("M-0001,2026-11-01T00:00:00Z,63.11\n")
 
     run_cancelled_trigger(trigger, "failed", monkeypatch)
 
@@ -163,6 +168,7 @@ def test_on_kill_stops_the_job_and_removes_credentials_and_scratch(edge_env, con
     job_dir = Path(vm_work_dir) / "jobs" / deferred.value.trigger.job_id
     pid = wait_for_pid(job_dir)
     hold(pid)
+    plant_secrets_and_scratch(job_dir)
 
     operator.on_kill()
 

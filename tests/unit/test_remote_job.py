@@ -237,6 +237,16 @@ def test_a_job_whose_process_vanished_without_exit_code_is_failed_lost(base):
     assert final.reason.startswith("lost")
 
 
+def test_a_job_that_ends_removes_its_credentials_and_scratch_itself(base):
+    job_dir = base / "jobs" / "job-self"
+    job_dir.mkdir(parents=True)
+    (job_dir / "blob.cs").write_text("SharedAccessSignature=sv=x&sig=secret")
+    (job_dir / "champion.onnx").write_text("champ")
+    start(base, "job-self", fail=1)
+    assert wait_terminal(base, "job-self").state == "failed"
+    assert not {"blob.cs", "champion.onnx", "scratch"} & {p.name for p in job_dir.iterdir()}
+
+
 def test_cleanup_removes_outputs_scratch_and_credentials_but_keeps_log_and_job_json(base):
     job_dir = base / "jobs" / "job-clean"
     job_dir.mkdir(parents=True)
@@ -245,6 +255,7 @@ def test_cleanup_removes_outputs_scratch_and_credentials_but_keeps_log_and_job_j
     (job_dir / "job.json").write_text(json.dumps({"code_version": CODE}))
     start(base, "job-clean")
     wait_terminal(base, "job-clean")
+    (job_dir / "scratch").mkdir()  # e.g. left by a train.py killed with the whole job, before run.sh removed it
     (job_dir / "scratch" / "part.csv").write_text("rows")
 
     job_script(rj.cleanup_command(str(base), "job-clean"))
