@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd, and
-# docker-compose to validate docker-compose.yaml) when they are missing. Installs only as root; otherwise prints
-# the command to run.
+# Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd,
+# docker-compose to validate docker-compose.yaml, and wrk for the scoring-server benchmark) when they are missing.
+# Installs only as root; otherwise prints the command to run.
 set -euo pipefail
 
 declare -A need=(
@@ -12,6 +12,7 @@ declare -A need=(
   [/usr/bin/mmdebstrap]=mmdebstrap
   [/usr/bin/htpasswd]=apache2-utils
   [/usr/bin/docker-compose]=docker-compose
+  [/usr/bin/wrk]=wrk
 )
 missing=()
 for path in "${!need[@]}"; do

@@ -226,45 +226,63 @@ class BuildScoringImageOperator(BaseOperator):
         return digest, smoke
 
     def smoke_test(self, image: str, model_path: Path, log_path: Path) -> dict[str, Any]:
-        """Start the image's server with ``buildah run``, check ``/health``, a bad request, and predictions on
-        synthetic rows against the model file scored on this worker.
+        """Start the image's server with ``buildah run`` and check it as a deployer's client would: readiness
+        (``/v2/health/ready``), a refused bad request, and predictions on synthetic rows through both protocols
+        (MLflow ``/invocations`` and KServe V2 ``infer``) against the model file scored on this worker.
 
         :raises ImageBuildError: the server does not start or answer, or its predictions differ.
         """
         rows, expected, expected_labels = expected_scores(model_path)
+        features = list(rows[0])
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         started = time.monotonic()
         command = ["python3", SERVER_PATH, "--host", "127.0.0.1", "--port", str(port)]
         with self.buildah.serve(image, command, log_path) as server:
             health = self._wait_healthy(server, base, log_path, started)
-            status, refused = request_json(f"{base}/predict", {"rows": [{"not_a_feature": 1}]})
-            if status != 400 or "error" not in refused:
+            model_name = health.get("model", "")
+            status, refused = request_json(f"{base}/invocations", {"dataframe_records": [{"not_a_feature": 1}]})
+            if status != 400 or "not_a_feature" not in str(refused.get("message", "")):
                 raise ImageBuildError(
                     f"Smoke test of {image}: a row with an unknown feature got HTTP {status} {refused}, expected 400 "
-                    "with an error message. Check include/serving/app.py."
+                    "with a message naming it. Check include/serving/app.py."
                 )
-            status, served = request_json(f"{base}/predict", {"rows": rows})
-        if status != 200:
+            split = {"dataframe_split": {"columns": features, "data": [[row[f] for f in features] for row in rows]}}
+            status, served = request_json(f"{base}/invocations", split)
+            _, metadata = request_json(f"{base}/v2/models/{model_name}")
+            tensor = {"name": (metadata.get("inputs") or [{}])[0].get("name", "X"), "datatype": "FP32",
+                      "shape": [len(rows), len(features)], "data": split["dataframe_split"]["data"]}  # fmt: skip
+            v2_status, v2 = request_json(f"{base}/v2/models/{model_name}/infer", {"inputs": [tensor]})
+        if status != 200 or v2_status != 200:
             raise ImageBuildError(
-                f"Smoke test of {image}: POST /predict with {len(rows)} synthetic rows answered HTTP {status}: "
-                f"{served.get('error', served)}. Server log: {log_path.read_text(errors='replace')[-800:]}"
+                f"Smoke test of {image}: {len(rows)} synthetic rows got HTTP {status} from POST /invocations "
+                f"({served.get('message', '') if status != 200 else 'ok'}) and HTTP {v2_status} from V2 infer "
+                f"({v2.get('error', '') if v2_status != 200 else 'ok'}). Server log: "
+                f"{log_path.read_text(errors='replace')[-800:]}"
             )
+        predictions = served.get("predictions", {})
         verdict = compare_predictions(
-            expected, served.get("probabilities", []), expected_labels, served.get("labels", []),
+            expected, [p[1] for p in predictions.get("probabilities", [])], expected_labels,
+            predictions.get("label", []), config.IMAGE_SMOKE_TOLERANCE,
+        )  # fmt: skip
+        v2_outputs = {o.get("name"): o.get("data", []) for o in v2.get("outputs", [])}
+        v2_verdict = compare_predictions(
+            expected, v2_outputs.get("probabilities", [])[1::2], expected_labels, v2_outputs.get("label", []),
             config.IMAGE_SMOKE_TOLERANCE,
         )  # fmt: skip
-        if not verdict["passed"]:
+        if not (verdict["passed"] and v2_verdict["passed"]):
             raise ImageBuildError(
                 f"Smoke test of {image}: the image's predictions differ from the registered model's on "
-                f"{verdict['rows']} synthetic rows (max |diff| {verdict['max_abs_diff']}, labels match: "
-                f"{verdict['labels_match']}, tolerance {config.IMAGE_SMOKE_TOLERANCE}). Check that "
+                f"{verdict['rows']} synthetic rows (/invocations: max |diff| {verdict['max_abs_diff']}, labels match "
+                f"{verdict['labels_match']}; V2 infer: max |diff| {v2_verdict['max_abs_diff']}, labels match "
+                f"{v2_verdict['labels_match']}; tolerance {config.IMAGE_SMOKE_TOLERANCE}). Check that "
                 "include/serving/requirements.txt pins the onnxruntime the training job uses."
             )
         result = {
             **verdict,
             "health": health.get("status"),
-            "features": len(rows[0]),
+            "features": len(features),
+            "protocols": ["mlflow", "v2"],
             "seconds": round(time.monotonic() - started, 1),
         }
         self.log.info("Smoke test of %s passed: %s", image, result)
@@ -275,18 +293,18 @@ class BuildScoringImageOperator(BaseOperator):
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise ImageBuildError(
-                    f"Smoke test: the image's server exited with {server.returncode} before answering /health. "
+                    f"Smoke test: the image's server exited with {server.returncode} before it was ready. "
                     f"Its output ends with:\n{log_path.read_text(errors='replace')[-800:]}"
                 )
             try:
-                status, health = request_json(f"{base}/health", timeout=2)
-                if status == 200 and health.get("status") == "ok":
-                    return health
+                status, ready = request_json(f"{base}/v2/health/ready", timeout=2)
+                if status == 200 and ready.get("ready") is True:
+                    return request_json(f"{base}/health", timeout=2)[1]
             except OSError:
                 pass
             time.sleep(0.5)
         raise ImageBuildError(
-            f"Smoke test: the image's server did not answer GET /health on {base} within "
+            f"Smoke test: the image's server did not answer GET /v2/health/ready on {base} within "
             f"{config.IMAGE_SMOKE_TIMEOUT_S:.0f} s (EDGE_IMAGE_SMOKE_TIMEOUT_S). Its output ends with:\n"
             f"{log_path.read_text(errors='replace')[-800:]}"
         )
