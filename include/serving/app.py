@@ -271,7 +271,8 @@ def _not_json(body: bytes, reason: str, example: str) -> str:
 
 
 def _finite(matrix: np.ndarray, dtype, columns: list[str]) -> np.ndarray:
-    cast = matrix.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is what the check below reports
+        cast = matrix.astype(dtype, copy=False)
     if not np.isfinite(cast).all():
         row, col = (int(v) for v in np.argwhere(~np.isfinite(cast))[0])
         raise BadRequest(
