@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from edge_training.registry import RegisteredModelVersion, get_model_registry
 from edge_training.retry import FAIL_AT_ONCE
 from scripts.edge_stack import registry_basic_auth
 from tests._models import FEATURES, write_model
+from tests._serving import call, raw_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +141,79 @@ def test_smoke_test_ran_inside_the_image(first):
     assert smoke["rows"] == 16 and smoke["features"] == len(FEATURES)
     assert smoke["labels_match"] is True
     assert smoke["max_abs_diff"] <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def image_server(image_env, first, tmp_path_factory):
+    """The server of the newest local image of MODEL, started from the image with `buildah run` like the smoke test."""
+    from edge_training.hooks.image import free_port
+    from edge_training.operators.image import SERVER_PATH
+
+    buildah = Buildah(image_env.root, image_env.runroot)
+    names = [name for image in json.loads(buildah.run("images", "--json", what="Listing images") or "[]")
+             for name in image.get("names") or [] if name.startswith(f"localhost/{MODEL}:")]  # fmt: skip
+    assert names, f"no local image of {MODEL} after the build"
+    port, log_path = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
+    command = ["python3", SERVER_PATH, "--host", "127.0.0.1", "--port", str(port)]
+    with buildah.serve(names[0], command, log_path) as server:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+            try:
+                if call(port, "GET", "/v2/health/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield SimpleNamespace(port=port, image=names[0], version=names[0].rsplit(":", 1)[1], log=log_path)
+
+
+def test_image_answers_both_protocols(image_server):
+    status, _, metadata = call(image_server.port, "GET", f"/v2/models/{MODEL}")
+    assert status == 200 and metadata["versions"] == [image_server.version]
+    assert metadata["parameters"]["features"] == FEATURES
+    row = [70.0, 3.0, 5.0, 1500.0, 40.0, 10.0]
+    status, _, mlflow_answer = call(image_server.port, "POST", "/invocations",
+                                    {"dataframe_split": {"columns": FEATURES, "data": [row]}})  # fmt: skip
+    assert status == 200 and len(mlflow_answer["predictions"]["label"]) == 1
+    status, _, v2 = call(image_server.port, "POST", f"/v2/models/{MODEL}/infer",
+                         {"inputs": [{"name": metadata["inputs"][0]["name"], "shape": [1, 6], "datatype": "FP32",
+                                      "data": row}]})  # fmt: skip
+    assert status == 200
+    assert v2["outputs"][0]["data"] == mlflow_answer["predictions"]["label"]
+    assert v2["outputs"][1]["data"] == mlflow_answer["predictions"]["probabilities"][0]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (b'{"inputs": [[70, 3, 5, ' + b"9" * 400 + b', 40, 10]]}', 400, "feature 'rpm'"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
+        (b'{"inputs": [[70, 3, 5, 1500, 40, NaN]]}', 400, "JSON has no NaN"),
+        (b'{"inputs": [[70, 3, 5, 1500, 40, 10]], "colour": 1}', 400, "exactly one of"),
+        (None, 400, "non-negative Content-Length"),
+    ],
+    ids=["400-digit integer", "100,000-deep nesting", "NaN", "unknown key", "Content-Length -1"],
+)
+def test_image_answers_bad_requests_with_json_errors(image_server, request_bytes, status, says):
+    if request_bytes is None:
+        code, body, seconds = raw_exchange(
+            image_server.port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}"
+        )
+        assert seconds < 5
+    else:
+        code, _, body = call(image_server.port, "POST", "/invocations", request_bytes)
+    assert code == status
+    assert says in (body.get("message") or body.get("error"))
+    assert call(image_server.port, "GET", "/ping")[0] == 200  # and the server is still there
+
+
+def test_image_server_log_holds_no_request_body(image_server):
+    call(image_server.port, "POST", "/invocations", {"inputs": [[9876.5432, 3, 5, 1500, 40, 10]]})
+    call(image_server.port, "POST", "/invocations", {"inputs": [[9876.5432, "x", 5, 1500, 40, 10]]})
+    time.sleep(0.5)
+    logged = image_server.log.read_text(errors="replace")
+    assert '"POST /invocations HTTP/1.1" 200' in logged and '"POST /invocations HTTP/1.1" 400' in logged
+    assert "9876" not in logged
 
 
 def test_retry_with_same_content_neither_rebuilds_nor_pushes(edge_env, image_env, first):

@@ -3,13 +3,9 @@ models: both protocols, every bad request answered with a JSON error, limits, an
 
 from __future__ import annotations
 
-import http.client
-import importlib.util
 import json
 import logging
 import socket
-import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,36 +15,14 @@ import pytest
 
 from edge_training.operators.image import BuildScoringImageOperator, expected_scores
 from tests._models import FEATURES, write_model
-
-APP = Path(__file__).resolve().parents[2] / "include" / "serving" / "app.py"
-
-
-def load_app():
-    spec = importlib.util.spec_from_file_location("scoring_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and msgspec resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
-
+from tests._serving import call, load_app, raw_exchange, stop
+from tests._serving import start as _start
 
 app = load_app()
 
 
 def start(model, limits, access_log=True):
-    """A real uvicorn server for ``model`` on a free loopback port, in a thread; returns (server, port)."""
-    server = app.make_server(model, "127.0.0.1", 0, limits, access_log=access_log)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the scoring server did not start"
-        time.sleep(0.02)
-    return server, thread, server.servers[0].sockets[0].getsockname()[1]
-
-
-def stop(server, thread):
-    server.should_exit = True
-    thread.join(timeout=10)
+    return _start(app, model, limits, access_log)
 
 
 @pytest.fixture(scope="module")
@@ -59,33 +33,6 @@ def served(tmp_path_factory):
     server, thread, port = start(model, limits)
     yield SimpleNamespace(port=port, model_path=folder / "model.onnx", limits=limits)
     stop(server, thread)
-
-
-def call(port: int, method: str, path: str, body=None, headers: dict | None = None, timeout: float = 10):
-    """One request; returns (status, headers, JSON body)."""
-    if body is not None and not isinstance(body, bytes):
-        body = json.dumps(body).encode()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        response = connection.getresponse()
-        raw = response.read()
-        assert response.getheader("content-type") == "application/json", raw
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(raw)
-    finally:
-        connection.close()
-
-
-def raw_exchange(port: int, data: bytes, wait: float = 5.0) -> tuple[int, dict, float]:
-    """Send ``data`` as is and read until the server closes; returns (status, JSON body, seconds until closed)."""
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(data)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body), time.monotonic() - started
 
 
 def split(rows: list[list[float]], columns=FEATURES) -> dict:
