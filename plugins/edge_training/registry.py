@@ -152,6 +152,45 @@ def read_artifacts(artifacts_dir: Path) -> tuple[Path, dict]:
     return onnx_path, metrics
 
 
+def serving_signature(model) -> dict:
+    """``signature``, ``input_example`` and ``metadata`` for logging the ONNX classifier ``model`` to MLflow, so that
+    MLflow's own scorer (``mlflow models serve``, Azure ML's no-code MLflow deployments) serves it and the MLflow UI
+    shows its schema.
+
+    The input is one float32 tensor ``[rows, features]``, not one column per feature: with named columns MLflow's
+    ONNX flavour hands the model a DataFrame and cannot turn the ``[rows, 2]`` probabilities back into one, so every
+    request would fail. The feature names (ONNX metadata ``features``, written by the training job) go into the
+    model's metadata; the input example is two synthetic rows (never training data) in feature order, given as an
+    array because MLflow tries a DataFrame example on the bare model, which fails the same way.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from edge_training.image_context import smoke_rows
+
+    dtypes = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32}  # onnx.TensorProto element types
+    if len(model.graph.input) != 1:
+        return {}  # not the training job's single-tensor classifier: no signature rather than a wrong one
+    tensor = model.graph.input[0].type.tensor_type
+    dtype = np.dtype(dtypes.get(tensor.elem_type, np.float32))
+    width = tensor.shape.dim[1].dim_value if len(tensor.shape.dim) == 2 and tensor.shape.dim[1].dim_value else -1
+    outputs = [
+        TensorSpec(np.dtype(dtypes.get(o.type.tensor_type.elem_type, np.float32)),
+                   tuple(d.dim_value or -1 for d in o.type.tensor_type.shape.dim), o.name)
+        for o in model.graph.output if o.type.HasField("tensor_type")
+    ]  # fmt: skip
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(dtype, (-1, width))]), outputs=Schema(outputs) if outputs else None
+    )
+    props = {p.key: p.value for p in model.metadata_props}
+    features = json.loads(props["features"]) if "features" in props else None
+    if not features or len(features) != width:
+        return {"signature": signature}
+    example = np.array([[row[f] for f in features] for row in smoke_rows(features, count=2)], dtype=dtype)
+    return {"signature": signature, "input_example": example, "metadata": {"features": features}}
+
+
 class MLflowModelRegistry:
     """MLflow model registry (SQLite store, local artifacts): the local stand-in for the Azure ML registry.
 
@@ -275,11 +314,13 @@ class MLflowModelRegistry:
                 mlflow.log_metrics(metrics)
             if (artifacts_dir / METRICS_FILE).is_file():
                 mlflow.log_artifact(str(artifacts_dir / METRICS_FILE))
+            model = onnx.load(str(onnx_path))
             info = mlflow.onnx.log_model(
-                onnx.load(str(onnx_path)),
+                model,
                 name="model",
                 # One self-contained model.onnx: the scoring image and the next champion check copy one file.
                 save_as_external_data=False,
+                **serving_signature(model),
             )
             mlflow.set_tag("edge.logged_model_id", info.model_id)
         return run.info.run_id, info.model_id, client.get_logged_model(info.model_id).artifact_location
