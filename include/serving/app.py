@@ -93,15 +93,30 @@ class Limits:
     keep_alive_s: int = 5
 
     @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_rows=int(os.getenv("MAX_ROWS", cls.max_rows)),
-            max_body_bytes=int(os.getenv("MAX_BODY_BYTES", cls.max_body_bytes)),
-            read_timeout_s=float(os.getenv("READ_TIMEOUT_S", cls.read_timeout_s)),
-            max_concurrent_requests=int(os.getenv("MAX_CONCURRENT_REQUESTS", cls.max_concurrent_requests)),
-            max_connections=int(os.getenv("MAX_CONNECTIONS", cls.max_connections)),
-            keep_alive_s=int(os.getenv("KEEP_ALIVE_S", cls.keep_alive_s)),
-        )
+    def from_env(cls, environ: dict | None = None) -> Limits:
+        """The limits from ``MAX_ROWS``, ``MAX_BODY_BYTES``, ``READ_TIMEOUT_S``, ``MAX_CONCURRENT_REQUESTS``,
+        ``MAX_CONNECTIONS`` and ``KEEP_ALIVE_S``; unset ones keep their defaults.
+
+        :raises SystemExit: a value that is not a positive number.
+        """
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field, kind in (("max_rows", int), ("max_body_bytes", int), ("read_timeout_s", float),
+                            ("max_concurrent_requests", int), ("max_connections", int), ("keep_alive_s", int)):  # fmt: skip
+            name = field.upper()
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            try:
+                values[field] = kind(raw)
+            except ValueError:
+                values[field] = -1
+            if values[field] <= 0:
+                raise SystemExit(
+                    f"Checked the setting {name}: found {raw!r}, not a positive {kind.__name__}. Set it to a positive "
+                    f"number or leave it unset (default {getattr(cls, field)})."
+                )
+        return cls(**values)
 
 
 class BadRequest(Exception):

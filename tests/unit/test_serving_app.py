@@ -421,6 +421,14 @@ def test_skip_image_build_skips_the_task():
         operator.execute({})
 
 
+def test_limits_come_from_the_environment_and_bad_values_are_named():
+    assert app.Limits.from_env({"MAX_ROWS": "50", "READ_TIMEOUT_S": "2.5"}) == app.Limits(max_rows=50,
+                                                                                         read_timeout_s=2.5)  # fmt: skip
+    for bad in ("lots", "0", "-3"):
+        with pytest.raises(SystemExit, match=f"MAX_BODY_BYTES: found '{bad}', not a positive int"):
+            app.Limits.from_env({"MAX_BODY_BYTES": bad})
+
+
 def test_model_input_is_float32_like_the_signature(served):
     model = app.Model(served.model_path)
     assert model.dtype is np.float32 and model.name == "model"
