@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd,
-# docker-compose to validate docker-compose.yaml, and wrk for the scoring-server benchmark) when they are missing.
-# Installs only as root; otherwise prints the command to run.
+# docker-compose to validate docker-compose.yaml, wrk for the scoring-server benchmark, and chromium for the headless
+# browser tests) when they are missing. Installs only as root; otherwise prints the command to run.
 set -euo pipefail
 
 declare -A need=(
@@ -13,6 +13,7 @@ declare -A need=(
   [/usr/bin/htpasswd]=apache2-utils
   [/usr/bin/docker-compose]=docker-compose
   [/usr/bin/wrk]=wrk
+  [/usr/bin/chromium]=chromium
 )
 missing=()
 for path in "${!need[@]}"; do

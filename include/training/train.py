@@ -36,8 +36,9 @@ Outputs, and nothing else, in ``OUT_DIR``:
 - ``metrics.json``: holdout metrics (``roc_auc`` is the primary one), ``champion_metrics`` (the ``--champion`` model
   scored on the same holdout, or null), features, training and holdout windows, row counts, the
   ``data_fingerprint`` of the blobs read (``blob_manifest.data_fingerprint``, the scheme validation uses, so the
-  two are equal when training read what was validated), ``training_seconds``, library versions and the
-  ONNX-vs-scikit-learn parity check.
+  two are equal when training read what was validated), ``training_seconds``, library versions, the
+  ONNX-vs-scikit-learn parity check and ``evaluation`` (holdout aggregates from ``evaluation.py``: bootstrap
+  intervals, confusion counts, binned curves, calibration).
 
 ``SCRATCH_DIR`` holds downloaded partitions while they are parsed and is removed at the end, also on failure.
 
@@ -801,6 +802,10 @@ def train(args: argparse.Namespace) -> dict:
     metrics = holdout_metrics(split["y_holdout"], onnx_proba, n_train)
     log.info("holdout: roc_auc=%.4f pr_auc=%.4f f1=%.4f accuracy=%.4f", metrics["roc_auc"], metrics["pr_auc"],
              metrics["f1"], metrics["accuracy"])
+    # Aggregates only (intervals, confusion counts, binned curves, calibration): they feed the model card.
+    from evaluation import holdout_evaluation  # ships beside this script
+
+    evaluation = holdout_evaluation(split["y_holdout"], onnx_proba, seed=args.seed)
     champion_metrics = None
     if args.champion is not None:
         champion, columns = open_champion(args.champion)
@@ -812,6 +817,7 @@ def train(args: argparse.Namespace) -> dict:
         "schema_version": 1,
         "metrics": metrics,
         "champion_metrics": champion_metrics,
+        "evaluation": evaluation,
         "primary_metric": "roc_auc",
         "features": FEATURES,
         "label": LABEL,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -11,20 +10,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from edge_training import config
+from edge_training.operators.links import DataDocsLink
+from edge_training.reports import docs_dir_for_run
 from edge_training.window import run_window
 
 if TYPE_CHECKING:
     from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
     from airflow.sdk import Context
-
-
-def docs_dir_for_run(reports_dir: str | Path, dag_id: str, run_id: str) -> Path:
-    """Per-run Data Docs folder: ``reports_dir/<dag_id>/<run_id>`` with characters unsafe in paths replaced."""
-
-    def safe(part: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]", "_", part).strip(".") or "_"
-
-    return Path(reports_dir) / safe(dag_id) / safe(run_id)
 
 
 class ValidateTrainingDataOperator(BaseOperator):
@@ -36,7 +28,8 @@ class ValidateTrainingDataOperator(BaseOperator):
     ``reports_dir/<dag_id>/<run_id>/index.html`` on success and failure, and its path is logged. Blobs that are not
     data (``_SUCCESS`` markers, ``.crc`` checksums, ...) are not validated and are listed as ignored. Returns a
     summary to XCom (window, partitions, row counts, ignored blobs, Data Docs path, and the ``manifest`` of the
-    validated blobs with ETag and Content-MD5 plus its data fingerprint: what training must read): no data values.
+    validated blobs with ETag and Content-MD5 plus its data fingerprint: what training must read): no data values. The task's "Data Docs" extra link opens the
+    report through the Airflow api-server.
 
     :param wasb_conn_id: Airflow connection of the blob storage (wasb).
     :param container: blob container holding the ``dt=YYYY-MM-DD/part-NNNN.csv`` partitions.
@@ -52,6 +45,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         "wasb_conn_id", "container", "window_days", "window_end", "suite_path", "reports_dir",
     )  # fmt: skip
     ui_color = "#e6f0ff"
+    operator_extra_links = (DataDocsLink(),)
 
     def __init__(
         self,
