@@ -59,6 +59,21 @@ def grid_from_suite(suite: Mapping[str, Any], features: Sequence[str], bins: int
     return {f: {"lo": ranges[f][0], "hi": ranges[f][1], "bins": int(bins)} for f in features}
 
 
+def range_columns(suite: Mapping[str, Any]) -> list[str]:
+    """The columns that have an ``expect_column_values_to_be_between`` with both ends, in suite order."""
+    found = []
+    for expectation in suite.get("expectations", []):
+        kwargs = expectation.get("kwargs") or {}
+        if (
+            expectation.get("type") == BETWEEN
+            and kwargs.get("min_value") is not None
+            and kwargs.get("max_value") is not None
+            and kwargs.get("column") not in found
+        ):
+            found.append(kwargs["column"])
+    return found
+
+
 def bin_edges(spec: Mapping[str, Any]) -> list[float]:
     """The ``bins + 1`` edges of one feature's grid."""
     lo, hi, n = float(spec["lo"]), float(spec["hi"]), int(spec["bins"])
@@ -201,3 +216,23 @@ def profile_rows(grid: Mapping[str, Mapping[str, Any]], chunks: Iterable[tuple[M
     for columns, rows in chunks:
         acc.add_rows(columns, rows)
     return acc
+
+
+def publish_by_day(frame, grid: Mapping[str, Mapping[str, Any]], day_column: str, k: int = DEFAULT_K) -> dict:
+    """The published profile of a whole training window, with one day profile per value of ``day_column``.
+
+    :param frame: a pandas DataFrame with the profiled features and ``day_column`` (a ``YYYY-MM-DD`` text or a
+        date ordinal, as ``train.py`` keeps it).
+    :param grid: ``{feature: {"lo", "hi", "bins"}}`` (:func:`grid_from_suite`).
+    :param day_column: the column naming each row's partition day.
+    :param k: the smallest number of rows a published bin or statistic may describe.
+    """
+    import datetime as dt
+
+    days: dict[str, ProfileAccumulator] = {}
+    whole = ProfileAccumulator(grid)
+    for day, rows in frame.groupby(day_column, sort=True):
+        label = dt.date.fromordinal(int(day)).isoformat() if not isinstance(day, str) else day
+        days[label] = profile_rows(grid, [(rows, len(rows))])
+        whole.merge(days[label])
+    return publish(whole, k, days=days)

@@ -88,7 +88,7 @@ RESERVED_PARAMS = {"random_state", "verbose", "warm_start"}
 SCRATCH_MARKER = ".edge-training-scratch"
 DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 CONNECTION_STRING_ENV = "EDGE_BLOB_CONNECTION_STRING"
-OUTPUT_FILES = ("model.onnx", "metrics.json")
+OUTPUT_FILES = ("model.onnx", "metrics.json", "reference_profile.json")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -156,6 +156,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="JSON manifest of exactly the blobs validate_data validated; they are read (If-Match their ETags) "
              "instead of listing the window",
     )
+    parser.add_argument(
+        "--profile-grid",
+        help="JSON {feature: {lo, hi, bins}} from the expectation suite's ranges: also write the training window's "
+             "privacy-safe data profile as reference_profile.json (data_profile.py; drift is measured against it)",
+    )
+    parser.add_argument("--profile-k", type=int, help="suppress profile bins of fewer rows (default: data_profile's)")
     # Tests read the same layout from a local folder (SOURCE_DIR/<container>/dt=.../part-NNNN.csv).
     parser.add_argument("--source-dir", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -585,6 +591,21 @@ def load_window(source, days: list[dt.date], scratch: Path, manifest: dict | Non
     return pd.concat(frames, ignore_index=True), partitions, fingerprint
 
 
+def window_profile(frame, grid_json: str, k: int) -> dict:
+    """The training window's published data profile (``data_profile.py`` beside this file: counts, no rows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("data_profile", Path(__file__).with_name("data_profile.py"))
+    data_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_profile)
+    try:
+        grid = json.loads(grid_json)
+        return data_profile.publish_by_day(frame, {f: grid[f] for f in FEATURES}, "day", k or data_profile.DEFAULT_K)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--profile-grid must be a JSON object with {{lo, hi, bins}} for each of {FEATURES}; "
+                         f"it does not fit ({type(exc).__name__}: {exc}). Pass the grid of the expectation suite.") from None
+
+
 def prepare_rows(frame, train_days: list[dt.date], holdout_days: list[dt.date]) -> dict:
     """Drop incomplete rows, check the labels, and split by day into train and holdout arrays."""
     import numpy as np
@@ -768,6 +789,7 @@ def train(args: argparse.Namespace) -> dict:
              start, end, len(days), source.where, len(holdout_days))
     frame, partitions, fingerprint = load_window(source, days, args.scratch, manifest)
     rows_read = len(frame)
+    reference_profile = window_profile(frame, args.profile_grid, args.profile_k) if args.profile_grid else None
     split = prepare_rows(frame, train_days, holdout_days)
     del frame
     n_train, n_holdout = len(split["y_train"]), len(split["y_holdout"])
@@ -842,6 +864,8 @@ def train(args: argparse.Namespace) -> dict:
         "versions": library_versions(),
     }
     write_atomically(args.out / "model.onnx", model_bytes)
+    if reference_profile is not None:
+        write_atomically(args.out / "reference_profile.json", (json.dumps(reference_profile) + "\n").encode())
     # metrics.json last: its presence means the run finished.
     write_atomically(args.out / "metrics.json", (json.dumps(document, indent=2) + "\n").encode())
     log.info("wrote %s (%.1f KB) and metrics.json", args.out / "model.onnx", len(model_bytes) / 1e3)

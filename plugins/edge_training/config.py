@@ -131,3 +131,13 @@ IMAGE_SMOKE_TOLERANCE = float(os.getenv("EDGE_IMAGE_SMOKE_TOLERANCE", "1e-5"))
 # swept at the next submission; a running job's never is. 0 keeps them all. A training task cleared after that
 # trains again instead of re-attaching to its finished job.
 VM_JOB_RETENTION_DAYS = float(os.getenv("EDGE_VM_JOB_RETENTION_DAYS", "14"))
+
+# Drift-aware retraining. EDGE_RETRAIN_POLICY: "schedule" (retrain on EDGE_TRAINING_TRIGGER only), "drift" (retrain
+# only when the daily drift check finds the newest partition drifted from the champion's reference profile), "both".
+RETRAIN_POLICY = os.getenv("EDGE_RETRAIN_POLICY", "schedule").strip().lower()
+# Bins of a data profile holding fewer rows than this are suppressed before the profile leaves the site.
+DRIFT_PROFILE_K = int(os.getenv("EDGE_DRIFT_PROFILE_K", "10"))
+# Per-feature thresholds from the training window's own day-to-day variation (true), or the fixed defaults (false).
+DRIFT_CALIBRATE = os.getenv("EDGE_DRIFT_CALIBRATE", "true").lower() in ("1", "true", "yes")
+# When the daily drift check runs (after the day's partition has landed).
+DRIFT_CHECK_SCHEDULE = os.getenv("EDGE_DRIFT_CHECK_SCHEDULE", SCHEDULE)

@@ -13,9 +13,11 @@ Metric names follow Azure ML model monitoring: ``population_stability_index``, `
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edge_training import config
@@ -28,6 +30,11 @@ _spec.loader.exec_module(data_profile)
 ProfileAccumulator = data_profile.ProfileAccumulator
 grid_from_suite = data_profile.grid_from_suite
 publish = data_profile.publish
+range_columns = data_profile.range_columns
+DEFAULT_K = data_profile.DEFAULT_K
+
+# Written by train.py next to model.onnx: the training window's published profile.
+REFERENCE_PROFILE_FILE = "reference_profile.json"
 
 PSI = "population_stability_index"
 JS = "jensen_shannon_distance"
@@ -42,6 +49,24 @@ CALIBRATION_FACTOR = 1.5
 CALIBRATION_FLOOR = 0.25
 # Added to every bin's share before PSI's logarithm: an empty bin on one side would make it infinite.
 PSI_EPSILON = 1e-4
+
+
+def suite_grid(suite_path: str | Path = config.EXPECTATION_SUITE_PATH, bins: int = data_profile.DEFAULT_BINS) -> dict:
+    """The profile grid of every column the suite gives a range, ``{column: {"lo", "hi", "bins"}}``.
+
+    :param suite_path: the expectation suite JSON.
+    :param bins: bins per feature.
+    """
+    suite = json.loads(Path(suite_path).read_text(encoding="utf-8"))
+    return grid_from_suite(suite, range_columns(suite), bins)
+
+
+def read_profile(path: str | Path) -> dict | None:
+    """A published profile written to ``path`` (e.g. ``reference_profile.json``), or None when there is none."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
 
 
 def _shares(feature: Mapping[str, Any]) -> list[float]:

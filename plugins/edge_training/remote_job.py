@@ -253,11 +253,14 @@ def training_args(
     params: Mapping[str, Any] | None = None,
     champion: bool = False,
     manifest: bool = False,
+    profile_grid: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Arguments of ``train.py``; file arguments are relative to the job dir, where the job runs.
 
     :param champion: the job dir holds ``champion.onnx``, to be scored on the same holdout.
     :param manifest: the job dir holds ``manifest.json``, the blobs validation checked: train exactly those.
+    :param profile_grid: ``{feature: {lo, hi, bins}}`` (``edge_training.drift.suite_grid``): the job also writes the
+        training window's reference data profile, ``reference_profile.json``.
     """
     args = [
         "--container", container,
@@ -274,6 +277,8 @@ def training_args(
         args += ["--champion", "champion.onnx"]
     if manifest:
         args += ["--manifest", "manifest.json"]
+    if profile_grid:
+        args += ["--profile-grid", json.dumps(dict(profile_grid), sort_keys=True)]
     return args
 
 

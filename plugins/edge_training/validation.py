@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
+from edge_training import drift
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.fingerprint import blob_manifest, is_data_blob
 from edge_training.window import TrainingWindow, partition_prefix
@@ -51,6 +52,7 @@ COLUMN_DTYPES = {
 # 250k rows of this schema are ~40 MB in pandas: large enough that the per-chunk cost of the suite stays small
 # next to parsing, small enough to keep the task well under 512 MB with Great Expectations loaded.
 DEFAULT_CHUNK_ROWS = 250_000
+DEFAULT_PROFILE_K = drift.DEFAULT_K
 DATA_DOCS_SITE = "edge_training"
 PARTITION_SAMPLE_ROWS = 1000
 # Expectations about a partition's shape rather than its rows. The header and the parsed dtypes are the same for every
@@ -623,7 +625,11 @@ def _sorted_unique(values):
 
 
 def _read_partition(
-    validator: _Validator, source: PartitionSource, chunk_rows: int, day_keys: dict[str, dict[str, Any]]
+    validator: _Validator,
+    source: PartitionSource,
+    chunk_rows: int,
+    day_keys: dict[str, dict[str, Any]],
+    profile=None,
 ) -> _PartitionReport:
     import numpy as np
     import pandas as pd
@@ -638,6 +644,9 @@ def _read_partition(
             if key not in merged:
                 merged[key] = _Merged(config=item.expectation_config)
             merged[key].add(item, chunk)
+        if profile is not None:
+            # The drift profile is built from the chunks already in memory: drift costs no second read.
+            profile.add_rows(chunk, len(chunk))
 
     with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
         columns = _header_columns(stream)
@@ -826,6 +835,7 @@ def validate_partitions(
     docs_dir: str | Path,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     window_label: str | None = None,
+    profile_k: int | None = DEFAULT_PROFILE_K,
 ) -> dict:
     """Validate every data blob against the suite; return a summary or raise ``DataValidationError``.
 
@@ -840,8 +850,12 @@ def validate_partitions(
     :param docs_dir: folder for the HTML Data Docs (created if needed; ``index.html`` is the entry page).
     :param chunk_rows: rows per chunk read and validated at a time (bounds memory).
     :param window_label: label of the training window for messages and the summary.
+    :param profile_k: profile the data while it streams (per feature with a range in the suite: a histogram on the
+        suite's grid, bins of fewer than ``profile_k`` rows suppressed; ``edge_training.drift``) and return it under
+        ``profile``; None profiles nothing.
     :return: summary with counts, blob names, the ``manifest`` of the data blobs validated (name, ETag, Content-MD5,
-        size: what training reads, with if-match on each ETag) and its ``data_fingerprint`` (safe for XCom).
+        size: what training reads, with if-match on each ETag), its ``data_fingerprint`` and the published data
+        ``profile`` (aggregates only: safe for XCom).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}; pass a positive number of rows per chunk.")
@@ -861,7 +875,8 @@ def validate_partitions(
     with quiet_library_logs():
         validator = _Validator(load_suite_json(suite_path), docs_dir)
         validation_id = uuid.uuid4().hex[:12]
-        reports = _validate_sources(validator, sources, ignored, expected_days, chunk_rows)
+        profiles = _DayProfiles(load_suite_json(suite_path)) if profile_k is not None else None
+        reports = _validate_sources(validator, sources, ignored, expected_days, chunk_rows, profiles)
         for report in reports:
             _store_for_docs(validator, report, validation_id)
         docs_index = _build_docs(validator, docs_dir)
@@ -905,7 +920,28 @@ def validate_partitions(
         "data_docs": docs_index,
         "success": True,
         "expectations_evaluated": expectations,
+        "profile": profiles.publish(profile_k) if profiles is not None else None,
     }
+
+
+class _DayProfiles:
+    """One drift-profile accumulator per partition day, on the grid of the suite's ranges."""
+
+    def __init__(self, suite: dict) -> None:
+        self.grid = drift.grid_from_suite(suite, drift.range_columns(suite))
+        self.days: dict[str, Any] = {}
+
+    def for_source(self, source: PartitionSource):
+        day = source.day or source.name
+        if day not in self.days:
+            self.days[day] = drift.ProfileAccumulator(self.grid)
+        return self.days[day]
+
+    def publish(self, k: int) -> dict:
+        whole = drift.ProfileAccumulator(self.grid)
+        for acc in self.days.values():
+            whole.merge(acc)
+        return drift.publish(whole, k, days=self.days)
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -919,6 +955,7 @@ def _validate_sources(
     ignored: list[str],
     expected_days: list[date],
     chunk_rows: int,
+    profiles: _DayProfiles | None = None,
 ) -> list[_PartitionReport]:
     """One report per data blob, plus one per expected day without any data blob."""
     reports: list[_PartitionReport] = []
@@ -941,7 +978,8 @@ def _validate_sources(
         reports.append(missing)
 
     for source in sources:
-        report = _read_partition(validator, source, chunk_rows, day_keys)
+        profile = profiles.for_source(source) if profiles is not None else None
+        report = _read_partition(validator, source, chunk_rows, day_keys, profile)
         if report.rows and source.day:
             # Keys are only compared within a day; drop the previous days' hashes to bound memory.
             for day in [d for d in day_keys if d < source.day]:

@@ -10,6 +10,17 @@ import pytest
 
 from edge_training import config, drift
 
+
+def _load_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_generate", config.INCLUDE_DIR / "sample_data" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GENERATE = _load_generator()
 SUITE = json.loads(config.EXPECTATION_SUITE_PATH.read_text())
 FEATURES = ["temperature_c", "rpm"]
 
@@ -141,3 +152,73 @@ def test_profiles_on_other_grids_are_not_compared():
     b["features"]["temperature_c"]["bins"] = 10
     with pytest.raises(ValueError, match="same expectation suite ranges"):
         drift.compare_profiles(a, b)
+
+
+def test_validation_profiles_the_data_while_it_streams(tmp_path):
+    """The profile validate_partitions returns is that of all rows, whatever the chunking and the parts per day."""
+    import datetime as dt
+    import io
+
+    import pandas as pd
+
+    from edge_training.validation import PartitionSource, validate_partitions
+
+    files = {}
+    for day in (dt.date(2026, 11, 1), dt.date(2026, 11, 2)):
+        profiles, wear = GENERATE._machine_profiles(5, 20), GENERATE._day_wear(5, day, 20)
+        for part, first in enumerate(range(0, 600, 200)):
+            table = GENERATE._block_table(5, day, first, 200, 600, 20, profiles, wear)
+            files[GENERATE.partition_name(day, part)] = GENERATE._csv_bytes(table, header=True)
+    sources = [
+        PartitionSource(name=n, etag='"e"', size=len(b), opener=lambda b=b: io.BytesIO(b)) for n, b in files.items()
+    ]
+    summary = validate_partitions(
+        sources, [dt.date(2026, 11, 1), dt.date(2026, 11, 2)], suite_path=config.EXPECTATION_SUITE_PATH,
+        docs_dir=tmp_path / "docs", chunk_rows=97,
+    )
+    profile = summary["profile"]
+    frame = pd.concat(pd.read_csv(io.BytesIO(b)) for b in files.values())
+    grid = drift.grid_from_suite(SUITE, drift.range_columns(SUITE))
+    expected = drift.ProfileAccumulator(grid)
+    expected.add_rows(frame, len(frame))
+    one_pass = drift.publish(expected)
+    assert profile["rows"] == 1200 and sorted(profile["days"]) == ["2026-11-01", "2026-11-02"]
+    for name, feature in one_pass["features"].items():
+        assert profile["features"][name]["counts"] == feature["counts"]
+        assert profile["features"][name]["mean"] == pytest.approx(feature["mean"], rel=1e-6)
+    assert drift.compare_profiles(one_pass, profile, thresholds={m: 1e-9 for m in drift.METRICS}).drifted is False
+
+
+def test_train_script_writes_the_windows_reference_profile_next_to_the_model(tmp_path):
+    """train.py, run as on the edge VM, profiles the window it trained on with the same code and grid."""
+    import datetime as dt
+    import io
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.unit._sensor_data import partition_csvs, write_local
+
+    files = partition_csvs(dt.date(2026, 11, 1), 3, rows_per_day=300, parts_per_day=1, seed=3)
+    source = write_local(tmp_path / "blob", "readings", files)
+    grid = drift.suite_grid()
+    proc = subprocess.run(
+        [sys.executable, str(config.INCLUDE_DIR / "training" / "train.py"), "--container", "readings",
+         "--start", "2026-11-01", "--end", "2026-11-04", "--out", str(tmp_path / "out"), "--scratch",
+         str(tmp_path / "scratch"), "--source-dir", str(source), "--params",
+         '{"n_estimators": 5, "max_depth": 3, "n_jobs": 1}', "--profile-grid", json.dumps(grid)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = drift.read_profile(tmp_path / "out" / drift.REFERENCE_PROFILE_FILE)
+    assert sorted(reference["days"]) == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert reference["rows"] == 900 and reference["k"] == drift.DEFAULT_K
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert sorted(reference["features"]) == sorted(metrics["features"])
+    # Same grid and counts as the Airflow side computes over the same rows.
+    frame = pd.concat(pd.read_csv(io.BytesIO(data)) for data in files.values())
+    here = drift.ProfileAccumulator({f: grid[f] for f in metrics["features"]})
+    here.add_rows(frame, len(frame))
+    assert reference["features"]["temperature_c"]["counts"] == drift.publish(here)["features"]["temperature_c"]["counts"]
+    assert drift.compare_profiles(reference, drift.publish(here)).drifted is False

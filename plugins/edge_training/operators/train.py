@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from edge_training import config, remote_job
+from edge_training import config, drift, remote_job
 from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError, EdgeVMUnreachableError
 from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 from edge_training.window import run_window
@@ -325,6 +325,7 @@ class EdgeVMTrainingOperator(BaseOperator):
             params=params,
             champion=champion is not None,
             manifest=manifest is not None,
+            profile_grid=drift.suite_grid(),
         )
         out = self._run(
             remote_job.start_job_command(base, job, code_version, req_hash, args), "start training job", timeout=120
@@ -460,6 +461,8 @@ class EdgeVMTrainingOperator(BaseOperator):
             "training_seconds": status.training_seconds,
             # Which champion train.py scored on the same holdout; the registry step compares only against it.
             "champion_version": meta.get("champion_version"),
+            # The training window's data profile (k-suppressed aggregates): what drift is measured against.
+            "reference_profile": drift.read_profile(local / drift.REFERENCE_PROFILE_FILE),
         }
         primary = metrics.get("primary_metric")
         self.log.info(

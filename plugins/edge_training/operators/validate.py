@@ -39,6 +39,9 @@ class ValidateTrainingDataOperator(BaseOperator):
     :param suite_path: the expectation suite JSON.
     :param reports_dir: folder under which each run's Data Docs are written.
     :param chunk_rows: rows read and validated at a time; bounds the task's memory.
+    :param profile_k: the data are profiled for drift while they stream (``profile`` in the summary: per feature a
+        histogram on the suite's grid, null rate, count, mean, deviation); bins of fewer than ``profile_k`` rows are
+        suppressed. None profiles nothing.
     """
 
     template_fields: Sequence[str] = (
@@ -57,6 +60,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         suite_path: str | Path = config.EXPECTATION_SUITE_PATH,
         reports_dir: str | Path = config.REPORTS_DIR,
         chunk_rows: int = config.VALIDATION_CHUNK_ROWS,
+        profile_k: int | None = config.DRIFT_PROFILE_K,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +71,7 @@ class ValidateTrainingDataOperator(BaseOperator):
         self.suite_path = str(suite_path)
         self.reports_dir = str(reports_dir)
         self.chunk_rows = chunk_rows
+        self.profile_k = profile_k
 
     @cached_property
     def hook(self) -> WasbHook:
@@ -94,6 +99,7 @@ class ValidateTrainingDataOperator(BaseOperator):
                 docs_dir=docs_dir,
                 chunk_rows=int(self.chunk_rows),
                 window_label=window.label,
+                profile_k=self.profile_k,
             )
         finally:
             # Logged on success and failure alike: the report is where a failed run is diagnosed.
@@ -104,4 +110,11 @@ class ValidateTrainingDataOperator(BaseOperator):
             summary["window"], summary["row_count"], len(summary["manifest"]), summary["ignored_blob_count"],
             summary["data_fingerprint"],
         )
+        profile = summary.get("profile")
+        if profile:
+            self.log.info(
+                "Data profile of %d rows: %d features on the suite's grid, %d bins under %d rows suppressed.",
+                profile["rows"], len(profile["features"]),
+                sum(f["suppressed_bins"] for f in profile["features"].values()), profile["k"],
+            )
         return summary
