@@ -4,6 +4,11 @@
 scheduled or backfilled, trains on the days before its own data interval end.
 ``EDGE_TRAINING_TRIGGER=asset``: the DAG runs when the ``edge_partition_watch`` DAG announces a new daily partition
 (an update of :data:`NEW_PARTITION`); the run trains on the days before the day it starts.
+
+``EDGE_RETRAIN_POLICY`` decides whether drift retrains: ``schedule`` (default) keeps the trigger above only; ``drift``
+runs the DAG only when the ``edge_drift_check`` DAG finds the newest partition drifted from the champion's reference
+profile (an update of :data:`DATA_DRIFT`, whose extra carries the reason); ``both`` keeps the trigger above and lets
+drift add a run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from edge_training import config
 
 TRIGGERS = ("schedule", "asset")
+RETRAIN_POLICIES = ("schedule", "drift", "both")
 
 # "x-" scheme: a project-defined URI that Airflow keeps as written.
 NEW_PARTITION = Asset(
@@ -22,8 +28,42 @@ NEW_PARTITION = Asset(
 )
 
 
-def training_schedule(trigger: str = config.TRAINING_TRIGGER, cron: str = config.SCHEDULE):
-    """The ``schedule=`` of the edge_training DAG for ``trigger`` (``schedule`` or ``asset``)."""
+# Updated by edge_drift_check when the newest partition drifted; the event's extra says which features and why.
+DATA_DRIFT = Asset(
+    uri=f"x-edge-blob://{config.BLOB_CONTAINER}/data-drift",
+    name="edge_data_drift",
+)
+
+
+def check_retrain_policy(policy: str = config.RETRAIN_POLICY) -> str:
+    """``policy`` if it is one of :data:`RETRAIN_POLICIES`, else a ValueError saying what to set."""
+    if policy not in RETRAIN_POLICIES:
+        raise ValueError(
+            f"Checked EDGE_RETRAIN_POLICY: expected one of {', '.join(RETRAIN_POLICIES)}, found {policy!r}. Use "
+            "'schedule' to retrain on EDGE_TRAINING_TRIGGER only, 'drift' to retrain only when the data drifts, "
+            "'both' for the schedule plus a run whenever the data drifts."
+        )
+    return policy
+
+
+def training_schedule(
+    trigger: str = config.TRAINING_TRIGGER, cron: str = config.SCHEDULE, policy: str = config.RETRAIN_POLICY
+):
+    """The ``schedule=`` of the edge_training DAG for ``trigger`` (``schedule`` or ``asset``) and retrain ``policy``."""
+    policy = check_retrain_policy(policy)
+    if policy == "drift":
+        return DATA_DRIFT
+    base = _trigger_schedule(trigger, cron)
+    if policy == "both":
+        if isinstance(base, Asset):
+            return base | DATA_DRIFT
+        from airflow.timetables.assets import AssetOrTimeSchedule
+
+        return AssetOrTimeSchedule(timetable=base, assets=DATA_DRIFT)
+    return base
+
+
+def _trigger_schedule(trigger: str, cron: str):
     if trigger == "schedule":
         return CronDataIntervalTimetable(cron, timezone="UTC")
     if trigger == "asset":

@@ -19,7 +19,10 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import Asset
 
 def uris(condition):
-    return [condition.uri] if isinstance(condition, Asset) else []
+    # The SDK's Asset, or its serialized form (what an AssetOrTimeSchedule holds).
+    if isinstance(condition, Asset) or type(condition).__name__ == "SerializedAsset":
+        return [condition.uri]
+    return sorted(u for c in getattr(condition, "objects", []) for u in uris(c))
 
 bag = DagBag(dag_folder="dags")
 info = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids)}
@@ -31,13 +34,15 @@ if training:
     info["max_active_runs"] = training.max_active_runs
 watch = bag.dags.get("edge_partition_watch")
 info["watch_outlets"] = [outlet.uri for task in watch.tasks for outlet in task.outlets] if watch else []
+drift = bag.dags.get("edge_drift_check")
+info["drift_outlets"] = [outlet.uri for task in drift.tasks for outlet in task.outlets] if drift else []
 print(json.dumps(info))
 """
 
 
 def describe(**env: str) -> dict:
     """Parse the DAG folder in a fresh interpreter (settings are read at import) with ``env`` set."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_TRAINING_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_TRAINING_", "EDGE_RETRAIN_"))}
     out = subprocess.run(
         [sys.executable, "-c", _DESCRIBE], cwd=ROOT, env={**clean, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}", **env},
         capture_output=True, text=True, timeout=120,
@@ -62,6 +67,33 @@ def test_asset_trigger_makes_training_wait_for_the_partition_watch():
     assert info["asset_uris"] == ["x-edge-blob://sensor-readings/daily-partitions"]
     assert info["watch_outlets"] == info["asset_uris"], "the watch DAG must update the asset training waits for"
     assert (info["catchup"], info["max_active_runs"]) == (True, 1)
+
+
+DRIFT_URI = "x-edge-blob://sensor-readings/data-drift"
+
+
+def test_drift_policy_trains_only_on_the_drift_checks_asset():
+    info = describe(EDGE_RETRAIN_POLICY="drift")
+    assert info["errors"] == {}
+    assert info["timetable"] == "AssetTriggeredTimetable"
+    assert info["asset_uris"] == [DRIFT_URI]
+    assert info["drift_outlets"] == [DRIFT_URI], "the drift check must update the asset training waits for"
+
+
+def test_both_policy_keeps_the_cron_and_adds_drift_runs():
+    info = describe(EDGE_RETRAIN_POLICY="both")
+    assert info["errors"] == {}
+    assert info["timetable"] == "AssetOrTimeSchedule"
+    assert info["asset_uris"] == [DRIFT_URI]
+    both_assets = describe(EDGE_RETRAIN_POLICY="both", EDGE_TRAINING_TRIGGER="asset")
+    assert both_assets["asset_uris"] == sorted([DRIFT_URI, "x-edge-blob://sensor-readings/daily-partitions"])
+
+
+def test_schedule_policy_has_no_drift_check_and_an_unknown_policy_names_the_setting():
+    assert "edge_drift_check" not in describe()["dag_ids"]
+    info = describe(EDGE_RETRAIN_POLICY="sometimes")
+    message = next(iter(info["errors"].values()))
+    assert "EDGE_RETRAIN_POLICY" in message and "'sometimes'" in message
 
 
 def test_unknown_trigger_is_an_import_error_naming_the_setting():
