@@ -14,6 +14,10 @@ several GB can be written with bounded memory.
 ``--corrupt KIND --corrupt-date D`` replaces part-0000 of day D with a deliberately bad file (see ``CORRUPT_KINDS``)
 to show how validation fails; ``--corrupt markers`` instead adds the files that are not data which Spark, ADF and
 AzCopy write next to the parts (validation ignores them and passes).
+
+``--shift FEATURE:DELTA`` (repeatable) adds DELTA to every reading of FEATURE on the days written, e.g.
+``--shift temperature_c:15`` for a cooling fault: data that still passes validation but has drifted from what a
+model was trained on.
 """
 
 from __future__ import annotations
@@ -92,8 +96,12 @@ def _day_wear(seed: int, day: date, machines: int):
     return np.random.default_rng([seed, 1, day.toordinal()]).beta(0.5, 4.0, machines)
 
 
-def _block_table(seed, day, first_row, n_rows, rows_per_day, machines, profiles, wear):
-    """Rows ``first_row .. first_row + n_rows`` of one day as a pyarrow table (deterministic)."""
+def _block_table(seed, day, first_row, n_rows, rows_per_day, machines, profiles, wear, shift=None):
+    """Rows ``first_row .. first_row + n_rows`` of one day as a pyarrow table (deterministic).
+
+    ``shift`` maps sensor columns to a constant added to their readings (the label is drawn from the wear as before:
+    the relation a model learned no longer fits the readings).
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -120,6 +128,8 @@ def _block_table(seed, day, first_row, n_rows, rows_per_day, machines, profiles,
         "humidity_pct": np.clip(45.0 + 10.0 * np.sin(2 * np.pi * frac_day) + rng.normal(0, 3.0, n_rows), 0, 100),
         "power_kw": np.maximum(profiles["power_kw"][machine] * (1.0 + 0.3 * d) + rng.normal(0, 0.8, n_rows), 0.0),
     }
+    for name, delta in (shift or {}).items():
+        values[name] = values[name] + delta
     p_fail = 1.0 / (1.0 + np.exp(-(-6.0 + 10.0 * d)))
     label = (rng.random(n_rows) < p_fail).astype(np.int64)
     arrays = {"machine_id": ids, "timestamp": timestamps}
@@ -242,6 +252,7 @@ def generate(
     machines: int = 50,
     corrupt: str | None = None,
     corrupt_date: date | None = None,
+    shift: dict[str, float] | None = None,
 ) -> list[str]:
     """Write ``days`` daily partitions starting at ``start``; return the blob names written.
 
@@ -255,6 +266,7 @@ def generate(
     :param corrupt: a key of ``CORRUPT_KINDS``: replace part-0000 of ``corrupt_date`` with a bad file (``markers``:
         add ``MARKER_BLOBS`` beside it instead).
     :param corrupt_date: the day to corrupt (defaults to ``start``).
+    :param shift: ``{sensor column: delta}`` added to every reading of that column on the days written.
     """
     import numpy as np
 
@@ -268,6 +280,9 @@ def generate(
             f"{rows_per_day} rows per day over {machines} machines is more than one reading per machine per "
             f"second (timestamps have whole seconds); pass --machines {math.ceil(rows_per_day / 86400)} or more."
         )
+    unknown = sorted(set(shift or {}) - set(SENSOR_COLUMNS))
+    if unknown:
+        raise ValueError(f"Cannot shift {unknown}: only the sensor columns {SENSOR_COLUMNS} can be shifted.")
     if corrupt is not None and corrupt not in CORRUPT_KINDS:
         raise ValueError(f"Unknown corruption kind {corrupt!r}; choose one of: {', '.join(CORRUPT_KINDS)}.")
     corrupt_date = corrupt_date or start
@@ -282,14 +297,15 @@ def generate(
             first, last = int(bounds[part]), int(bounds[part + 1])
             name = partition_name(day, part)
             if corrupt is not None and corrupt != "markers" and day == corrupt_date and part == 0:
-                table = _block_table(seed, day, first, last - first, rows_per_day, machines, profiles, wear)
+                table = _block_table(seed, day, first, last - first, rows_per_day, machines, profiles, wear, shift)
                 data = _corrupt(table, corrupt, np.random.default_rng([seed, 3, day.toordinal()]))
                 _upload(container_client, name, [data])
             else:
                 blocks = (
                     _csv_bytes(
                         _block_table(
-                            seed, day, row, min(BLOCK_ROWS, last - row), rows_per_day, machines, profiles, wear
+                            seed, day, row, min(BLOCK_ROWS, last - row), rows_per_day, machines, profiles, wear,
+                            shift,
                         ),
                         header=(row == first),
                     )
@@ -322,7 +338,24 @@ def _parse_args(argv):
     parser.add_argument("--machines", type=int, default=50)
     parser.add_argument("--corrupt", choices=sorted(CORRUPT_KINDS))
     parser.add_argument("--corrupt-date", type=date.fromisoformat, help="day to corrupt (default: --start)")
+    parser.add_argument(
+        "--shift", action="append", type=_shift_arg, default=[], metavar="FEATURE:DELTA",
+        help="add DELTA to every reading of the sensor column FEATURE (repeatable), e.g. temperature_c:15",
+    )
     return parser.parse_args(argv)
+
+
+def _shift_arg(text: str) -> tuple[str, float]:
+    feature, sep, delta = text.partition(":")
+    try:
+        if not sep or feature not in SENSOR_COLUMNS:
+            raise ValueError
+        return feature, float(delta)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected FEATURE:DELTA with FEATURE one of {', '.join(SENSOR_COLUMNS)} and DELTA a number, e.g. "
+            f"temperature_c:15; got {text!r}"
+        ) from None
 
 
 def main(argv=None) -> int:
@@ -348,6 +381,7 @@ def main(argv=None) -> int:
     names = generate(
         container, args.start, args.days, rows_per_day, parts, args.seed, args.machines, args.corrupt,
         args.corrupt_date,
+        dict(args.shift),
     )
     seconds = (datetime.now() - started).total_seconds()
     print(
@@ -355,6 +389,8 @@ def main(argv=None) -> int:
         f"~{rows_per_day * args.days * bytes_per_row / 1e6:.0f} MB) to container {args.container} "
         f"in {seconds:.1f} s."
     )
+    for feature, delta in args.shift:
+        print(f"Shifted every {feature} reading by {delta:+g}.")
     if args.corrupt == "markers":
         print(f"Added to dt={(args.corrupt_date or args.start).isoformat()}/: {CORRUPT_KINDS[args.corrupt]}.")
     elif args.corrupt:

@@ -45,7 +45,7 @@ METRICS = (PSI, JS, NWD)
 DEFAULT_THRESHOLDS = {PSI: 0.2, JS: 0.1, NWD: 0.1}
 # Calibrated threshold = CALIBRATION_FACTOR x the largest value one day of the training window reached against the
 # whole window, never below CALIBRATION_FLOOR x the default (a window of identical days would otherwise give 0).
-CALIBRATION_FACTOR = 1.5
+CALIBRATION_FACTOR = 2.0
 CALIBRATION_FLOOR = 0.25
 # Added to every bin's share before PSI's logarithm: an empty bin on one side would make it infinite.
 PSI_EPSILON = 1e-4
@@ -134,7 +134,7 @@ def calibrate_thresholds(
 ) -> dict[str, dict[str, float]]:
     """Per feature and metric, a threshold from the training window's own day-to-day variation.
 
-    Each day profile under ``reference["days"]`` is compared with the whole window; the threshold is
+    Each day profile under ``reference["days"]`` is compared with the other days of the window; the threshold is
     :data:`CALIBRATION_FACTOR` times the largest value seen, at least :data:`CALIBRATION_FLOOR` times the default.
 
     :param reference: a published reference profile with ``days`` (``train.py`` writes them).
@@ -151,14 +151,23 @@ def calibrate_thresholds(
     thresholds: dict[str, dict[str, float]] = {}
     for name, whole in reference["features"].items():
         seen = dict.fromkeys(METRICS, 0.0)
-        for day in days.values():
+        for label, day in days.items():
             if name in day["features"] and day["features"][name]["count"]:
-                for metric, value in feature_metrics(whole, day["features"][name]).items():
+                # Each day against the other days: a day compared with a window that holds it looks closer than
+                # a new day will.
+                others = _merged_feature([d["features"][name] for other, d in days.items() if other != label], whole)
+                for metric, value in feature_metrics(others, day["features"][name]).items():
                     seen[metric] = max(seen[metric], value)
         thresholds[name] = {
             m: max(CALIBRATION_FACTOR * seen[m], CALIBRATION_FLOOR * float(defaults[m])) for m in METRICS
         }
     return thresholds
+
+
+def _merged_feature(features: Sequence[Mapping[str, Any]], like: Mapping[str, Any]) -> dict[str, Any]:
+    """Published histograms of one feature added up (suppressed bins as empty), on the grid of ``like``."""
+    counts = [sum((f["counts"][i] or 0) for f in features) for i in range(int(like["bins"]))]
+    return {**like, "counts": counts, "count": sum(counts)}
 
 
 @dataclass

@@ -1,0 +1,156 @@
+"""Drift-aware retraining on the real stack: Azurite, the edge VM over SSH, MLflow, Airflow's own DB and scheduler.
+
+The session's first pipeline run (``first_run``) trains the champion on the VM, which writes the training window's
+reference profile. ``edge_drift_check`` then checks the day after that window twice with ``airflow dags test``:
+as seeded (no drift: no asset event, no training run), and as the same day with every temperature reading 15 °C
+higher (``generate.py --shift temperature_c:15``, in a container of its own): the report names temperature_c, the
+asset event carries the reason, and one scheduler loop turns it into an ``edge_training`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests._residency import RowSignatures, audit
+from tests.integration.conftest import ROOT, ROWS_PER_DAY, SEED, VENV_BIN
+
+DRIFT_DAG = "edge_drift_check"
+DRIFT_URI_SUFFIX = "/data-drift"
+# first_run trains on 2026-06-07..09; the check looks at the day before its interval end: 2026-06-10.
+CHECK_LOGICAL_DATE = "2026-06-11T02:00:00+00:00"
+CHECKED_DAY = "2026-06-10"
+
+
+def _db(pipeline) -> sqlite3.Connection:
+    return sqlite3.connect(pipeline.home / "airflow.db")
+
+
+def _run_check(pipeline, container: str) -> dict:
+    """One ``airflow dags test`` run of the drift check on ``container``; its task states and XCom values."""
+    env = {**pipeline.env, "EDGE_RETRAIN_POLICY": "drift", "EDGE_BLOB_CONTAINER": container}
+    done = subprocess.run(
+        [str(VENV_BIN / "airflow"), "dags", "test", DRIFT_DAG, CHECK_LOGICAL_DATE], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    with _db(pipeline) as db:
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DRIFT_DAG,)
+        ).fetchone()
+        states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                                 (DRIFT_DAG, run_id)))
+        xcom = {t: json.loads(v) for t, v in db.execute(
+            "SELECT task_id, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
+            (DRIFT_DAG, run_id))}
+        events = [json.loads(extra or "{}") for (extra,) in db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ? "
+            "AND e.source_dag_id = ? AND e.source_run_id = ?", (f"%{DRIFT_URI_SUFFIX}", DRIFT_DAG, run_id))]
+    return {"returncode": done.returncode, "log": done.stdout + done.stderr, "states": states, "xcom": xcom,
+            "events": events}
+
+
+@pytest.fixture(scope="module")
+def drift_policy(pipeline, first_run):
+    """edge_training stored as the drift policy schedules it (on the drift asset) and unpaused, as a user sets it up."""
+    assert first_run.returncode == 0, first_run.log[-4000:]
+    env = {**pipeline.env, "EDGE_RETRAIN_POLICY": "drift"}
+    for args in (("dags", "reserialize"), ("dags", "unpause", "edge_training")):
+        done = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    yield env
+    subprocess.run([str(VENV_BIN / "airflow"), "dags", "pause", "edge_training"], env=env, cwd=ROOT,
+                   capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def quiet_check(pipeline, drift_policy):
+    return _run_check(pipeline, pipeline.container)
+
+
+@pytest.fixture(scope="module")
+def shifted_check(pipeline, drift_policy, quiet_check):
+    container = f"{pipeline.container}-shifted"
+    seeded = subprocess.run(
+        [sys.executable, str(ROOT / "include" / "sample_data" / "generate.py"),
+         "--connection-string-env", "EDGE_BLOB_CONNECTION_STRING", "--container", container, "--start", CHECKED_DAY,
+         "--days", "1", "--rows-per-day", str(ROWS_PER_DAY), "--seed", str(SEED), "--shift", "temperature_c:15"],
+        env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    result = _run_check(pipeline, container)
+    result["container"] = container
+    return result
+
+
+def test_training_writes_the_reference_profile_of_its_window(first_run):
+    reference = first_run.value("train_on_edge_vm")["reference_profile"]
+    assert sorted(reference["days"]) == ["2026-06-07", "2026-06-08", "2026-06-09"]
+    assert reference["rows"] == 3 * ROWS_PER_DAY
+    # The grid is the suite's range for the feature, not the data's extremes.
+    assert (reference["features"]["temperature_c"]["lo"], reference["features"]["temperature_c"]["hi"]) == (-40, 150)
+
+
+def test_an_unshifted_day_starts_no_training(quiet_check):
+    assert quiet_check["returncode"] == 0, quiet_check["log"][-4000:]
+    summary = quiet_check["xcom"]["check_drift"]
+    assert summary["drifted"] is False, summary["reason"]
+    assert summary["partitions"].startswith(CHECKED_DAY)
+    assert quiet_check["states"]["drift_found"] == "success"
+    assert quiet_check["states"]["announce_drift"] == "skipped"
+    assert quiet_check["events"] == []
+    assert Path(summary["report"]).is_file() and "no drift" in Path(summary["report"]).read_text()
+
+
+def test_a_shifted_day_is_reported_on_its_feature_and_starts_a_training_run(pipeline, shifted_check, drift_policy):
+    assert shifted_check["returncode"] == 0, shifted_check["log"][-4000:]
+    summary = shifted_check["xcom"]["check_drift"]
+    assert summary["drifted_features"] == ["temperature_c"], summary["reason"]
+    assert summary["metrics"]["temperature_c"]["normalized_wasserstein_distance"] > 1
+    report = Path(summary["report"]).read_text()
+    assert "DRIFT in temperature_c" in report
+    assert "<script" not in report and "http" not in report.replace("http://www.w3.org/2000/svg", "")
+    [event] = shifted_check["events"]
+    assert event["drifted_features"] == ["temperature_c"] and "temperature_c" in event["reason"]
+    assert event["report"] == summary["report"]
+
+    with _db(pipeline) as db:
+        before = {r for (r,) in db.execute("SELECT run_id FROM dag_run WHERE dag_id = 'edge_training'")}
+    # One scheduler loop: it turns the queued asset event into an edge_training run (and is stopped right after).
+    loop = subprocess.run([str(VENV_BIN / "airflow"), "scheduler", "--num-runs", "1"], env=drift_policy, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert loop.returncode == 0, loop.stderr[-3000:]
+    with _db(pipeline) as db:
+        runs = db.execute("SELECT run_id, run_type FROM dag_run WHERE dag_id = 'edge_training'").fetchall()
+    started = [(r, t) for r, t in runs if r not in before]
+    assert [t for _, t in started] == ["asset_triggered"], runs
+
+
+def test_profiles_report_and_xcom_hold_no_training_row(pipeline, quiet_check, shifted_check):
+    from azure.storage.blob import ContainerClient
+
+    shifted = ContainerClient.from_connection_string(pipeline.stack.blob_connection_string, shifted_check["container"])
+    texts = pipeline.partition_texts() + [shifted.download_blob(b.name).readall().decode() for b in shifted.list_blobs()]
+    sig = RowSignatures.from_csv_texts(texts)
+    # Without this, a scan finding nothing would prove nothing.
+    assert audit([("planted", texts[-1].splitlines()[5])], sig)[0]
+    material = []
+    for check in (quiet_check, shifted_check):
+        material += [(f"xcom {task}", json.dumps(value)) for task, value in check["xcom"].items()]
+        material += [("asset event", json.dumps(e)) for e in check["events"]]
+        material.append(("drift report", Path(check["xcom"]["check_drift"]["report"]).read_text()))
+    with _db(pipeline) as db:
+        material += [(f"xcom edge_training {t}", v) for t, v in db.execute(
+            "SELECT task_id, value FROM xcom WHERE dag_id = 'edge_training'")]
+    findings, sources, _ = audit(material, sig)
+    assert sources >= 8 and not findings, "\n".join(map(str, findings[:5]))
+    profile = quiet_check["xcom"]["validate_new_partition"]["profile"]
+    for feature in profile["features"].values():
+        # Every published bin describes k rows or more (or none); no extreme is published.
+        assert all(c is None or c == 0 or c >= profile["k"] for c in feature["counts"])
+        assert not {"min", "max"} & set(feature)
