@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from _target import Figure, report
@@ -115,11 +117,13 @@ def _ensure_data(connection_string: str, total_mb: float) -> None:
     print(f"Generated in {time.perf_counter() - started:.0f} s.", flush=True)
 
 
-def _measure(mode: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
+def run_child(child: str, mode: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
+    """Run ``child`` (Python source) in a fresh interpreter with argv mode, env var name, container, chunk rows,
+    docs dir, repo; return the JSON of its last stdout line plus its ``wall_seconds``."""
     env = {**os.environ, "P2_BLOB_CS": connection_string}
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, "P2_BLOB_CS", CONTAINER, str(chunk_rows), docs_dir, str(REPO)],
+        [sys.executable, "-c", child, mode, "P2_BLOB_CS", CONTAINER, str(chunk_rows), docs_dir, str(REPO)],
         env=env, capture_output=True, text=True, check=False,
     )
     wall = time.perf_counter() - started
@@ -128,6 +132,32 @@ def _measure(mode: str, connection_string: str, chunk_rows: int, docs_dir: str) 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["wall_seconds"] = wall
     return result
+
+
+def _measure(mode: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
+    return run_child(CHILD, mode, connection_string, chunk_rows, docs_dir)
+
+
+@contextmanager
+def readings(total_mb: float, workdir: Path) -> Iterator[str]:
+    """The blob connection string of a stack holding the P2 readings: the running local stack's if
+    ``AIRFLOW_CONN_EDGE_BLOB`` is set, else a throwaway stack under ``workdir`` (stopped and removed afterwards)."""
+    stack = None
+    connection_string = _connection_string_from_env()
+    if connection_string is None:
+        from scripts.edge_stack import EdgeStack
+
+        stack = EdgeStack(workdir / "stack", free_ports=True)
+        print(f"Starting a throwaway edge stack in {workdir / 'stack'} ...", flush=True)
+        connection_string = stack.start().blob_connection_string
+    try:
+        _ensure_data(connection_string, total_mb)
+        yield connection_string
+    finally:
+        if stack is not None:
+            stack.stop()
+            # The throwaway stack holds a copy of all generated data; only the Data Docs are kept.
+            shutil.rmtree(workdir / "stack", ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -139,17 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="raw/validation pairs to run (medians are compared)")
     args = parser.parse_args(argv)
 
-    stack = None
-    connection_string = _connection_string_from_env()
     workdir = Path(tempfile.mkdtemp(prefix="p2-validation-"))
-    if connection_string is None:
-        from scripts.edge_stack import EdgeStack
-
-        stack = EdgeStack(workdir / "stack", free_ports=True)
-        print(f"Starting a throwaway edge stack in {workdir / 'stack'} ...", flush=True)
-        connection_string = stack.start().blob_connection_string
-    try:
-        _ensure_data(connection_string, args.total_mb)
+    with readings(args.total_mb, workdir) as connection_string:
         raws, validations = [], []
         for round_ in range(1, args.rounds + 1):
             raws.append(_measure("raw", connection_string, args.chunk_rows, str(workdir / "docs")))
@@ -159,11 +180,6 @@ def main(argv=None) -> int:
                 f"{validations[-1]['wall_seconds']:.1f} s, peak RSS {validations[-1]['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
-    finally:
-        if stack is not None:
-            stack.stop()
-            # The throwaway stack holds a copy of all generated data; only the Data Docs are kept.
-            shutil.rmtree(workdir / "stack", ignore_errors=True)
     raw, validation = raws[0], validations[0]
     if raw["rows"] != validation["rows"]:
         sys.exit(f"Raw and validation runs read different row counts: {raw['rows']} vs {validation['rows']}.")

@@ -12,24 +12,19 @@ and prints the ratio of the median wall times with its target:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _target import Figure, report
-from p2_validation import CONTAINER, _connection_string_from_env, _ensure_data
+from p2_validation import readings, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
-# Runs in the child; argv: profile_k ("none" or a number), env var of the connection string, container, chunk rows,
-# docs dir, repo.
+# Runs in the child (p2_validation.run_child); argv: profile_k ("none" or a number), env var of the connection
+# string, container, chunk rows, docs dir, repo.
 CHILD = r"""
 import json, os, sys, time
 sys.path[:0] = [sys.argv[6], sys.argv[6] + "/plugins"]
@@ -51,21 +46,6 @@ print(json.dumps({"seconds": time.perf_counter() - started, "rows": summary["row
 """
 
 
-def _measure(profile_k: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
-    env = {**os.environ, "P8_BLOB_CS": connection_string}
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, profile_k, "P8_BLOB_CS", CONTAINER, str(chunk_rows), docs_dir, str(REPO)],
-        env=env, capture_output=True, text=True, check=False,
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"The validation run with profile_k={profile_k} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_seconds"] = wall
-    return result
-
-
 def main(argv=None) -> int:
     from edge_training import config
 
@@ -75,28 +55,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="pairs to run (medians are compared)")
     args = parser.parse_args(argv)
 
-    stack = None
-    connection_string = _connection_string_from_env()
     workdir = Path(tempfile.mkdtemp(prefix="p8-drift-profile-"))
-    if connection_string is None:
-        from scripts.edge_stack import EdgeStack
-
-        stack = EdgeStack(workdir / "stack", free_ports=True)
-        print(f"Starting a throwaway edge stack in {workdir / 'stack'} ...", flush=True)
-        connection_string = stack.start().blob_connection_string
-    try:
-        _ensure_data(connection_string, args.total_mb)
+    with readings(args.total_mb, workdir) as connection_string:
         plain, profiled = [], []
         for round_ in range(1, args.rounds + 1):
-            plain.append(_measure("none", connection_string, args.chunk_rows, str(workdir / "docs")))
-            profiled.append(_measure(str(config.DRIFT_PROFILE_K), connection_string, args.chunk_rows,
-                                     str(workdir / "docs")))
+            plain.append(run_child(CHILD, "none", connection_string, args.chunk_rows, str(workdir / "docs")))
+            profiled.append(
+                run_child(CHILD, str(config.DRIFT_PROFILE_K), connection_string, args.chunk_rows, str(workdir / "docs"))
+            )
             print(f"round {round_}: validation {plain[-1]['wall_seconds']:.1f} s, with profile "
                   f"{profiled[-1]['wall_seconds']:.1f} s", flush=True)
-    finally:
-        if stack is not None:
-            stack.stop()
-            shutil.rmtree(workdir / "stack", ignore_errors=True)
     if profiled[0]["profiled_rows"] != plain[0]["rows"]:
         sys.exit(f"The profile covers {profiled[0]['profiled_rows']} rows, validation read {plain[0]['rows']}.")
     plain_s = statistics.median(r["wall_seconds"] for r in plain)

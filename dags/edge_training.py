@@ -18,7 +18,9 @@ Only the model, its metrics and validation summaries leave the edge; training da
 `airflow backfill create --dag-id edge_training --from-date 2026-11-01 --to-date 2026-11-07`
 (add `--reprocess-behavior failed` to redo only failed windows; completed windows are never trained twice).
 With `EDGE_TRAINING_TRIGGER=asset` the DAG instead runs when the `edge_partition_watch` DAG announces a new
-daily partition (asset `edge_new_partition`).
+daily partition (asset `edge_new_partition`). `EDGE_RETRAIN_POLICY=drift` runs it only when the
+`edge_drift_check` DAG finds the newest partition drifted from the champion's training data (asset
+`edge_data_drift`); `both` keeps the trigger above and lets drift add runs.
 
 **Training window**: each run trains on the `window_days` whole days that end at its data interval end
 (scheduled runs and backfills use their own interval; manual runs without a logical date use their

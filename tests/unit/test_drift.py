@@ -222,3 +222,22 @@ def test_train_script_writes_the_windows_reference_profile_next_to_the_model(tmp
     here.add_rows(frame, len(frame))
     assert reference["features"]["temperature_c"]["counts"] == drift.publish(here)["features"]["temperature_c"]["counts"]
     assert drift.compare_profiles(reference, drift.publish(here)).drifted is False
+
+
+def test_the_report_is_one_self_contained_page_naming_the_drifted_feature_and_no_value():
+    from edge_training.drift_report import render_drift_report
+
+    rng = np.random.default_rng(6)
+    reference = drift.publish(_acc(rng.normal(60, 5, 4000).round(2), rng.normal(1600, 80, 4000)))
+    values = np.concatenate([rng.normal(75, 5, 4000).round(2), [141.23] * 3])
+    current = drift.publish(_acc(values, rng.normal(1600, 80, 4003)))
+    result = drift.compare_profiles(reference, current)
+    page = render_drift_report(result, reference, current, title="dt=2026-06-10 against m version 3",
+                               details={"champion version": "3"})
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 2
+    assert "DRIFT in temperature_c" in page and "rpm: <span class=\"ok\">ok</span>" in page
+    for metric in drift.METRICS:
+        assert metric in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page
+    # A small group of readings (3 rows at 141.23) is suppressed in the profile, so the page cannot show it.
+    assert "141.23" not in page and "141.2" not in page
