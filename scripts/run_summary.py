@@ -82,6 +82,14 @@ def print_summary(client: AirflowClient, run: dict) -> None:
             f"{validation['row_count']} rows, fingerprint {validation['data_fingerprint']}"
         )
         print(f"Data Docs: {validation['data_docs']}")
+    if run.get("run_type") == "asset_triggered":
+        # A drift-started run: name the reason and the drift report the edge_drift_check run wrote.
+        events = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/upstreamAssetEvents")
+        for event in (events or {}).get("asset_events", []):
+            extra = event.get("extra") or {}
+            if extra.get("reason"):
+                print(f"started by {event.get('uri')}: {extra['reason']}")
+                print(f"Drift report: {extra.get('report')}")
     health = xcom("check_edge_vm")
     if health:
         print(f"edge VM: {health.get('hostname')} host key {health.get('host_key_fingerprint')}")
@@ -93,6 +101,10 @@ def print_summary(client: AirflowClient, run: dict) -> None:
                 f"training ({task_id}): job {training['job_id']}, code version {training.get('code_version')}, "
                 f"window {training.get('window')}, holdout roc_auc {metrics.get('roc_auc')}"
             )
+            reference = training.get("reference_profile")
+            if reference:
+                print(f"   reference data profile: {reference['rows']} rows, {len(reference['features'])} features, "
+                      f"bins under {reference['k']} rows suppressed (what drift is measured against)")
     registered = xcom("register_model")
     if registered:
         promoted = "promoted to champion" if registered["promoted"] else "not promoted"

@@ -1,10 +1,10 @@
 """Drift-aware retraining on the real stack: Azurite, the edge VM over SSH, MLflow, Airflow's own DB and scheduler.
 
 The session's first pipeline run (``first_run``) trains the champion on the VM, which writes the training window's
-reference profile. ``edge_drift_check`` then checks the day after that window twice with ``airflow dags test``:
-as seeded (no drift: no asset event, no training run), and as the same day with every temperature reading 15 °C
-higher (``generate.py --shift temperature_c:15``, in a container of its own): the report names temperature_c, the
-asset event carries the reason, and one scheduler loop turns it into an ``edge_training`` run.
+reference profile. ``edge_drift_check`` then checks a later day twice with ``airflow dags test``: as generated (no
+drift: no asset event, no training run), and regenerated with every temperature reading 15 °C higher
+(``generate.py --shift temperature_c:15``): the report names temperature_c, the asset event carries the reason, and
+one scheduler loop turns it into an ``edge_training`` run.
 """
 
 from __future__ import annotations
@@ -22,18 +22,27 @@ from tests.integration.conftest import ROOT, ROWS_PER_DAY, SEED, VENV_BIN
 
 DRIFT_DAG = "edge_drift_check"
 DRIFT_URI_SUFFIX = "/data-drift"
-# first_run trains on 2026-06-07..09; the check looks at the day before its interval end: 2026-06-10.
-CHECK_LOGICAL_DATE = "2026-06-11T02:00:00+00:00"
-CHECKED_DAY = "2026-06-10"
+# first_run trains on 2026-06-07..09; the check looks at the day before its interval end, past the seeded days.
+CHECK_LOGICAL_DATE = "2026-06-21T02:00:00+00:00"
+CHECKED_DAY = "2026-06-20"
 
 
 def _db(pipeline) -> sqlite3.Connection:
     return sqlite3.connect(pipeline.home / "airflow.db")
 
 
-def _run_check(pipeline, container: str) -> dict:
-    """One ``airflow dags test`` run of the drift check on ``container``; its task states and XCom values."""
-    env = {**pipeline.env, "EDGE_RETRAIN_POLICY": "drift", "EDGE_BLOB_CONTAINER": container}
+def _run_check(pipeline, *shift: str) -> dict:
+    """Write the checked day (``generate.py`` with ``shift`` arguments), run the drift check on it with
+    ``airflow dags test``; its task states, XCom values, asset events, report text and the day's CSV texts."""
+    seeded = subprocess.run(
+        [sys.executable, str(ROOT / "include" / "sample_data" / "generate.py"),
+         "--connection-string-env", "EDGE_BLOB_CONNECTION_STRING", "--container", pipeline.container,
+         "--start", CHECKED_DAY, "--days", "1", "--rows-per-day", str(ROWS_PER_DAY), "--seed", str(SEED), *shift],
+        env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    day_texts = [t for t in pipeline.partition_texts() if f"{CHECKED_DAY}T" in t.split("\n", 2)[1]]
+    env = {**pipeline.env, "EDGE_RETRAIN_POLICY": "drift"}
     done = subprocess.run(
         [str(VENV_BIN / "airflow"), "dags", "test", DRIFT_DAG, CHECK_LOGICAL_DATE], env=env, cwd=ROOT,
         capture_output=True, text=True, timeout=600,
@@ -50,8 +59,9 @@ def _run_check(pipeline, container: str) -> dict:
         events = [json.loads(extra or "{}") for (extra,) in db.execute(
             "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ? "
             "AND e.source_dag_id = ? AND e.source_run_id = ?", (f"%{DRIFT_URI_SUFFIX}", DRIFT_DAG, run_id))]
+    report = (xcom.get("check_drift") or {}).get("report")
     return {"returncode": done.returncode, "log": done.stdout + done.stderr, "states": states, "xcom": xcom,
-            "events": events}
+            "events": events, "report": Path(report).read_text() if report else None, "day_texts": day_texts}
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +80,12 @@ def drift_policy(pipeline, first_run):
 
 @pytest.fixture(scope="module")
 def quiet_check(pipeline, drift_policy):
-    return _run_check(pipeline, pipeline.container)
+    return _run_check(pipeline)
 
 
 @pytest.fixture(scope="module")
 def shifted_check(pipeline, drift_policy, quiet_check):
-    container = f"{pipeline.container}-shifted"
-    seeded = subprocess.run(
-        [sys.executable, str(ROOT / "include" / "sample_data" / "generate.py"),
-         "--connection-string-env", "EDGE_BLOB_CONNECTION_STRING", "--container", container, "--start", CHECKED_DAY,
-         "--days", "1", "--rows-per-day", str(ROWS_PER_DAY), "--seed", str(SEED), "--shift", "temperature_c:15"],
-        env=pipeline.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert seeded.returncode == 0, seeded.stderr[-3000:]
-    result = _run_check(pipeline, container)
-    result["container"] = container
-    return result
+    return _run_check(pipeline, "--shift", "temperature_c:15")
 
 
 def test_training_writes_the_reference_profile_of_its_window(first_run):
@@ -104,7 +104,7 @@ def test_an_unshifted_day_starts_no_training(quiet_check):
     assert quiet_check["states"]["drift_found"] == "success"
     assert quiet_check["states"]["announce_drift"] == "skipped"
     assert quiet_check["events"] == []
-    assert Path(summary["report"]).is_file() and "no drift" in Path(summary["report"]).read_text()
+    assert "no drift" in quiet_check["report"]
 
 
 def test_a_shifted_day_is_reported_on_its_feature_and_starts_a_training_run(pipeline, shifted_check, drift_policy):
@@ -112,7 +112,7 @@ def test_a_shifted_day_is_reported_on_its_feature_and_starts_a_training_run(pipe
     summary = shifted_check["xcom"]["check_drift"]
     assert summary["drifted_features"] == ["temperature_c"], summary["reason"]
     assert summary["metrics"]["temperature_c"]["normalized_wasserstein_distance"] > 1
-    report = Path(summary["report"]).read_text()
+    report = shifted_check["report"]
     assert "DRIFT in temperature_c" in report
     assert "<script" not in report and "http" not in report.replace("http://www.w3.org/2000/svg", "")
     [event] = shifted_check["events"]
@@ -132,10 +132,7 @@ def test_a_shifted_day_is_reported_on_its_feature_and_starts_a_training_run(pipe
 
 
 def test_profiles_report_and_xcom_hold_no_training_row(pipeline, quiet_check, shifted_check):
-    from azure.storage.blob import ContainerClient
-
-    shifted = ContainerClient.from_connection_string(pipeline.stack.blob_connection_string, shifted_check["container"])
-    texts = pipeline.partition_texts() + [shifted.download_blob(b.name).readall().decode() for b in shifted.list_blobs()]
+    texts = pipeline.partition_texts() + quiet_check["day_texts"]
     sig = RowSignatures.from_csv_texts(texts)
     # Without this, a scan finding nothing would prove nothing.
     assert audit([("planted", texts[-1].splitlines()[5])], sig)[0]
@@ -143,7 +140,7 @@ def test_profiles_report_and_xcom_hold_no_training_row(pipeline, quiet_check, sh
     for check in (quiet_check, shifted_check):
         material += [(f"xcom {task}", json.dumps(value)) for task, value in check["xcom"].items()]
         material += [("asset event", json.dumps(e)) for e in check["events"]]
-        material.append(("drift report", Path(check["xcom"]["check_drift"]["report"]).read_text()))
+        material.append(("drift report", check["report"]))
     with _db(pipeline) as db:
         material += [(f"xcom edge_training {t}", v) for t, v in db.execute(
             "SELECT task_id, value FROM xcom WHERE dag_id = 'edge_training'")]
