@@ -116,15 +116,21 @@ class ProfileAccumulator:
                 self.nulls[feature] += int(rows)
                 continue
             values = np.asarray(raw, dtype=np.float64)
-            present = values[~np.isnan(values)]
-            self.nulls[feature] += int(len(values) - len(present))
+            missing = np.isnan(values)
+            nulls = int(missing.sum())
+            present = values[~missing] if nulls else values
+            self.nulls[feature] += nulls
             if not len(present):
                 continue
             # Values outside the suite's range go to the end bins: validation reports them, the profile counts them.
-            width = (spec["hi"] - spec["lo"]) / spec["bins"]
-            index = np.clip(((present - spec["lo"]) / width).astype(np.int64), 0, spec["bins"] - 1)
-            self.counts[feature] += np.bincount(index, minlength=spec["bins"])
-            self._merge_moments(feature, len(present), float(present.mean()), float(((present - present.mean()) ** 2).sum()))
+            position = present - spec["lo"]
+            position *= spec["bins"] / (spec["hi"] - spec["lo"])
+            np.clip(position, 0, spec["bins"] - 1, out=position)
+            self.counts[feature] += np.bincount(position.astype(np.intp), minlength=spec["bins"])
+            mean = float(present.mean())
+            deviation = np.subtract(present, mean, out=position)
+            # square + sum, not a dot product: BLAS may start threads per call, which costs more than the sum.
+            self._merge_moments(feature, len(present), mean, float(np.square(deviation, out=deviation).sum()))
 
     def _merge_moments(self, feature: str, n_b: int, mean_b: float, m2_b: float) -> None:
         n_a, mean_a, m2_a = self.n[feature], self.mean[feature], self.m2[feature]
