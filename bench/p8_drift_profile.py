@@ -3,9 +3,10 @@
 Uses P2's readings in Azurite (generated once, reused when the container already holds them; the running local stack
 if ``AIRFLOW_CONN_EDGE_BLOB`` is set, else a throwaway stack on free ports), then alternates, each in a fresh
 subprocess, ``validate_partitions`` with ``profile_k=None`` and with the default ``profile_k`` ``--rounds`` times,
-and prints the ratio of the median wall times with its target:
+and prints the ratio of the median CPU times of the validating process (user + system: on a shared machine its wall
+time mostly measures the neighbours) with its target, and the wall times for reference:
 
-    P8 validation_with_profile_vs_without_time_ratio: x (target <= 1.1)
+    P8 validation_with_profile_vs_without_cpu_ratio: x (target <= 1.1)
 
 """
 
@@ -26,7 +27,7 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 # Runs in the child (p2_validation.run_child); argv: profile_k ("none" or a number), env var of the connection
 # string, container, chunk rows, docs dir, repo.
 CHILD = r"""
-import json, os, sys, time
+import json, os, resource, sys, time
 sys.path[:0] = [sys.argv[6], sys.argv[6] + "/plugins"]
 started = time.perf_counter()
 from datetime import date
@@ -41,7 +42,9 @@ summary = validate_partitions(
     blob_partitions(container, window), window.days, suite_path=config.EXPECTATION_SUITE_PATH, docs_dir=docs_dir,
     chunk_rows=int(chunk_rows), window_label=window.label, profile_k=None if profile_k == "none" else int(profile_k),
 )
-print(json.dumps({"seconds": time.perf_counter() - started, "rows": summary["row_count"],
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "rows": summary["row_count"],
                   "profiled_rows": (summary["profile"] or {}).get("rows")}))
 """
 
@@ -63,15 +66,19 @@ def main(argv=None) -> int:
             profiled.append(
                 run_child(CHILD, str(config.DRIFT_PROFILE_K), connection_string, args.chunk_rows, str(workdir / "docs"))
             )
-            print(f"round {round_}: validation {plain[-1]['wall_seconds']:.1f} s, with profile "
-                  f"{profiled[-1]['wall_seconds']:.1f} s", flush=True)
+            print(f"round {round_}: validation {plain[-1]['cpu_seconds']:.1f} s CPU ({plain[-1]['wall_seconds']:.1f} s "
+                  f"wall), with profile {profiled[-1]['cpu_seconds']:.1f} s CPU "
+                  f"({profiled[-1]['wall_seconds']:.1f} s wall)", flush=True)
     if profiled[0]["profiled_rows"] != plain[0]["rows"]:
         sys.exit(f"The profile covers {profiled[0]['profiled_rows']} rows, validation read {plain[0]['rows']}.")
-    plain_s = statistics.median(r["wall_seconds"] for r in plain)
-    profiled_s = statistics.median(r["wall_seconds"] for r in profiled)
+    plain_s = statistics.median(r["cpu_seconds"] for r in plain)
+    profiled_s = statistics.median(r["cpu_seconds"] for r in profiled)
+    plain_wall = statistics.median(r["wall_seconds"] for r in plain)
+    profiled_wall = statistics.median(r["wall_seconds"] for r in profiled)
     print(f"Data: {plain[0]['rows']} rows, chunk_rows {args.chunk_rows}, {args.rounds} round(s), medians: "
-          f"validation {plain_s:.1f} s, validation with profile {profiled_s:.1f} s")
-    return report(Figure("P8 validation_with_profile_vs_without_time_ratio", profiled_s / plain_s, 1.10, fmt=".3f"))
+          f"validation {plain_s:.1f} s CPU / {plain_wall:.1f} s wall, with profile {profiled_s:.1f} s CPU / "
+          f"{profiled_wall:.1f} s wall (wall ratio {profiled_wall / plain_wall:.3f})")
+    return report(Figure("P8 validation_with_profile_vs_without_cpu_ratio", profiled_s / plain_s, 1.10, fmt=".3f"))
 
 
 if __name__ == "__main__":
