@@ -143,6 +143,11 @@ class Model:
 
     def __init__(self, path: Path, name: str = "", version: str = "", threads: int = 1) -> None:
         self.path = Path(path)
+        if not self.path.is_file():
+            raise SystemExit(
+                f"Checked the model file {self.path} (MODEL_PATH or --model): it does not exist. Point it at the "
+                "image's model (/opt/serving/model/model.onnx) or another model.onnx written by the training job."
+            )
         self.name = name or "model"
         self.version = version
         options = ort.SessionOptions()
@@ -803,8 +808,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # An edge site may be offline: keep onnxruntime from trying to send usage telemetry.
     ort.disable_telemetry_events()
-    model = Model(args.model, os.getenv("MODEL_NAME", ""), os.getenv("MODEL_VERSION", ""))
     limits = Limits.from_env()
+    model = Model(args.model, os.getenv("MODEL_NAME", ""), os.getenv("MODEL_VERSION", ""))
     access_log = os.getenv("ACCESS_LOG", "true").strip().lower() not in ("false", "0", "no", "off")
     log.info(
         "serving model %s version %s (%d features) on %s:%d; limits %s", model.name, model.version,

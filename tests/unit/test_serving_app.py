@@ -429,6 +429,11 @@ def test_limits_come_from_the_environment_and_bad_values_are_named():
             app.Limits.from_env({"MAX_BODY_BYTES": bad})
 
 
+def test_a_missing_model_file_stops_the_server_with_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="MODEL_PATH or --model"):
+        app.Model(tmp_path / "model.onnx")
+
+
 def test_model_input_is_float32_like_the_signature(served):
     model = app.Model(served.model_path)
     assert model.dtype is np.float32 and model.name == "model"
