@@ -223,6 +223,13 @@ class AzureMLFake:
             if error is not None:
                 self.job_errors[name] = {"code": "UserError", "message": error}
 
+    def add_completed_job(self, name: str) -> None:
+        """A finished command job of that name, as if submitted earlier (its output can be registered)."""
+        with self._lock:
+            self.jobs[name] = {"id": f"{self.workspace_path}/jobs/{name}", "name": name,
+                               "properties": {"jobType": "Command", "status": "Completed", "tags": {}}}
+            self._progress[name] = ["Completed"]
+
     def add_model_version(self, name: str, version: str, tags: dict, model_uri: str = "azureml://jobs/other/outputs/model") -> None:
         body = {"properties": {"tags": tags, "modelUri": model_uri, "modelType": "custom_model", "properties": {}}}
         self._store_model(name, version, body)
@@ -393,8 +400,20 @@ class AzureMLFake:
 
     def _model_put(self, path, query, body):
         name, version = path.split("/models/")[1].split("/versions/")
-        created = version not in self.models.get(name, {})
-        return (201 if created else 200), {}, self._store_model(name, version, body)
+        with self._lock:  # check and write as one step, like the service's own store
+            existing = self.models.get(name, {}).get(version)
+            if existing is not None:
+                before = existing.get("properties", {}).get("modelUri")
+                after = (body or {}).get("properties", {}).get("modelUri")
+                if before != after:
+                    # The service keeps a version's files immutable: a PUT of an existing version may change tags
+                    # and description, but one pointing it at other files is refused. The message is the one
+                    # azure-ai-ml matches (azure/ai/ml/_artifacts/_constants.py, ASSET_PATH_ERROR =
+                    # "(UserError) Asset paths cannot be updated.", compared in ModelOperations.create_or_update
+                    # and CodeOperations.create_or_update); "UserError" answers from Azure ML's model/job
+                    # endpoints are HTTP 400 (e.g. a job name that already exists, DESIGN.md).
+                    return self._error(400, "UserError", "Asset paths cannot be updated.")
+            return (200 if existing is not None else 201), {}, self._store_model(name, version, body)
 
     def _model_get(self, path, query, body):
         name, version = path.split("/models/")[1].split("/versions/")

@@ -83,3 +83,19 @@ class ImageRegistryUnavailableError(ImageRegistryError):
 
 class TrainingParamsError(EdgeTrainingError, ValueError):
     """The run's training hyperparameters hold an unknown key or an out-of-bounds value. Fix ``training_params``."""
+
+
+class ChampionChangedError(ModelRegistryError):
+    """The champion moved between reading it and promoting (another promotion won): re-decide against the new one.
+
+    :param current: The champion version now, or None.
+    """
+
+    def __init__(self, message: str, current: str | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class RollbackRefusedError(EdgeTrainingError):
+    """A rollback was asked for a version that cannot be the champion (missing, incomplete, no ONNX, already
+    champion). Nothing was changed; pick another version."""

@@ -8,12 +8,14 @@ in through the validation or training results.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from datetime import date, datetime
 from typing import Any
 
-from edge_training.champion import split_metrics
+from edge_training.champion import PROMOTION_RULE, split_metrics
 
 # Registries bound tag values (MLflow: 5000 chars, Azure ML lower); lineage values are short by nature,
 # so anything longer is a symptom and gets truncated visibly.
@@ -66,7 +68,33 @@ def decision_tags(decision: Any) -> dict[str, str]:
         "champion.candidate_score": _bounded(decision.candidate_score),
         "champion.previous_score": _bounded(decision.champion_score),
         "champion.reason": _bounded(decision.reason),
+        "champion.rule": _bounded(PROMOTION_RULE),
     }
+
+
+def training_identity(training: dict | None) -> str | None:
+    """A digest of what determines the trained model: data read, code, hyperparameters, seed and windows.
+
+    Two trainings with the same identity produce the same model (the forest is seeded), so the second one reuses
+    the first one's version instead of registering a copy. None when the training result lacks the data
+    fingerprint or the code version: then nothing can be proven identical.
+
+    :param training: The training task's result (``code_version`` and ``metrics`` = the metrics.json document).
+    """
+    training = training or {}
+    document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
+    model = document.get("model") if isinstance(document.get("model"), dict) else {}
+    parts = {
+        "data_fingerprint": document.get("data_fingerprint"),
+        "code_version": training.get("code_version"),
+        "params": model.get("params"),
+        "seed": model.get("seed"),
+        "window": document.get("window"),
+        "holdout_window": document.get("holdout_window"),
+    }
+    if not parts["data_fingerprint"] or not parts["code_version"]:
+        return None
+    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def lineage_tags(
@@ -116,6 +144,10 @@ def lineage_tags(
     document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
     # What the edge VM actually read, next to what validation checked: equal when nothing changed in between.
     tags["edge.training_data_fingerprint"] = document.get("data_fingerprint")
+    # What the promotion rule compares: the days each model trained on and was scored on.
+    tags["edge.train_window"] = document.get("train_window")
+    tags["edge.holdout_window"] = document.get("holdout_window")
+    tags["edge.training_identity"] = training_identity(training)
     for name in sorted(metrics):
         # Only scalar numbers: nested dicts (champion_metrics, confusion matrices) are not lineage.
         if _is_number(metrics[name]):

@@ -237,10 +237,13 @@ def test_model_versions_have_explicit_versions_lineage_tags_and_a_moving_champio
     assert registry.get_champion("pm-test") is None
 
     fake.add_model_version("pm-test", "2", {"edge.registration_key": "other-job"})
-    registry.promote("pm-test", "1")
+    registry.promote("pm-test", "1", expected=None)
     assert registry.get_champion("pm-test").version == "1"
-    registry.promote("pm-test", "2")
+    registry.promote("pm-test", "2", expected="1")
     assert registry.get_champion("pm-test").version == "2"
+    # The promotions are records 1 and 2 of the companion model, each naming its champion.
+    records = fake.models["pm-test-champion"]
+    assert [records[n]["properties"]["tags"]["edge.champion_version"] for n in ("1", "2")] == ["1", "2"]
     assert fake.models["pm-test"]["1"]["properties"]["tags"]["champion"] == "false"
     # Tags are updated by a full PUT of the same version: the lineage tags survive.
     assert fake.models["pm-test"]["1"]["properties"]["tags"]["edge.dag_run_id"] == "scheduled__1"
@@ -276,3 +279,131 @@ def test_job_names_are_deterministic_sanitised_and_bounded():
     assert naming.job_name("d", "r" * 500, "t", attempt=3).endswith("-a3")
     with pytest.raises(ValueError, match="letters, digits and underscores"):
         naming.datastore_uri("bad-name")
+
+
+def _registered(fake, tmp_path, job: str):
+    """Artifacts for a registration of Azure ML job ``job`` (the fake knows the job, so the model path is its output)."""
+    folder = tmp_path / job
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"onnx")
+    (folder / "metrics.json").write_text(json.dumps({"metrics": {"roc_auc": 0.9}}))
+    fake.add_completed_job(job)
+    return folder
+
+
+def test_a_write_to_an_existing_version_with_other_files_is_refused_like_the_service(fake):
+    from azure.ai.ml.entities import Model
+    from azure.core.exceptions import HttpResponseError
+
+    from edge_training.hooks.azureml import AzureMLHook
+
+    fake.add_model_version("pm-test", "1", {"edge.registration_key": "job-a"}, "azureml://jobs/job-a/outputs/model")
+    client = AzureMLHook().client
+    with pytest.raises(HttpResponseError) as caught:
+        client.models.create_or_update(Model(name="pm-test", version="1", path="azureml://jobs/job-b/outputs/model",
+                                             type="custom_model"))
+    assert caught.value.status_code == 400 and caught.value.error.code == "UserError"
+    assert "Asset paths cannot be updated." in str(caught.value)
+    assert fake.models["pm-test"]["1"]["properties"]["tags"] == {"edge.registration_key": "job-a"}
+    # Tags of the same files may still change (that is how tags are updated).
+    model = client.models.get("pm-test", version="1")
+    model.tags = {**model.tags, "x": "y"}
+    client.models.create_or_update(model)
+    assert fake.models["pm-test"]["1"]["properties"]["tags"]["x"] == "y"
+
+
+def test_two_registrations_racing_for_one_version_number_get_one_version_each(fake, tmp_path, monkeypatch):
+    import threading
+
+    from edge_training.registry import get_model_registry
+    from edge_training.registry.azureml_registry import AzureMLModelRegistry
+
+    folders = {job: _registered(fake, tmp_path, job) for job in ("job-a", "job-b")}
+    barrier = threading.Barrier(2, timeout=30)
+    original = AzureMLModelRegistry._get
+    state = threading.local()
+
+    def both_see_version_1_free(self, model_name, version):
+        found = original(self, model_name, version)
+        if (model_name, str(version)) == ("pm-test", "1") and not getattr(state, "done", False):
+            state.done = True
+            barrier.wait()  # both looked up version 1, found it free, and now both write it
+        return found
+
+    monkeypatch.setattr(AzureMLModelRegistry, "_get", both_see_version_1_free)
+    results, errors = {}, []
+
+    def register(job):
+        try:
+            results[job] = get_model_registry("azureml").register("pm-test", folders[job], job, {"edge.dag_run_id": job})
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(job,)) for job in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(v.version for v in results.values()) == ["1", "2"]
+    stored = {v: m["properties"]["tags"]["edge.registration_key"] for v, m in fake.models["pm-test"].items()}
+    assert stored == {results["job-a"].version: "job-a", results["job-b"].version: "job-b"}
+    # Both wrote version 1; the service kept the first and refused the second (other files), which took version 2.
+    assert len([r for r in fake.calls("model.put") if r.path.endswith("/pm-test/versions/1")]) == 2
+    assert len([r for r in fake.calls("model.put") if r.path.endswith("/pm-test/versions/2")]) == 1
+    # Retries of the same run (a task retry, or a second worker) still give that run's one version.
+    again = get_model_registry("azureml").register("pm-test", folders["job-a"], "job-a", {})
+    assert again.version == results["job-a"].version and len(fake.models["pm-test"]) == 2
+
+
+def test_concurrent_promotions_on_azureml_leave_exactly_one_champion(fake, monkeypatch):
+    import threading
+
+    from edge_training.promotion import settle_champion
+    from edge_training.registry import get_model_registry
+    from edge_training.registry.azureml_registry import AzureMLModelRegistry
+
+    windows = {"edge.train_window": "2026-11-01/2026-11-07", "edge.holdout_window": "2026-11-07/2026-11-08",
+               "edge.registration_complete": "true"}
+    for version, key in (("1", "job-c"), ("2", "job-a"), ("3", "job-b")):
+        fake.add_model_version("pm-test", version, {**windows, "edge.registration_key": key},
+                               f"azureml://jobs/{key}/outputs/model")
+    get_model_registry("azureml").promote("pm-test", "1", expected=None)
+    barrier = threading.Barrier(2, timeout=30)
+    original = AzureMLModelRegistry.get_champion
+    seen = threading.local()
+
+    def read_together(self, model_name):
+        champion = original(self, model_name)
+        if not getattr(seen, "done", False):
+            seen.done = True
+            barrier.wait()  # both decide against champion 1 before either promotes
+        return champion
+
+    monkeypatch.setattr(AzureMLModelRegistry, "get_champion", read_together)
+    document = {"metrics": {"roc_auc": 0.95}, "champion_metrics": {"roc_auc": 0.8},
+                "train_window": {"start": "2026-11-02", "end": "2026-11-08"},
+                "holdout_window": {"start": "2026-11-08", "end": "2026-11-09"}}
+    decisions = {}
+
+    def settle(version):
+        registry = get_model_registry("azureml")
+        candidate = registry.get_version("pm-test", version)
+        decisions[version] = settle_champion(registry, "pm-test", candidate, {"metrics": document,
+                                             "champion_version": "1"}, metric="roc_auc", margin=0.0, force=False,
+                                             decided_by=f"run-{version}")[0]
+
+    threads = [threading.Thread(target=settle, args=(v,)) for v in ("2", "3")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    outcomes = sorted(d.outcome for d in decisions.values())
+    assert outcomes == ["not_compared_champion_changed", "promoted"], decisions
+    winner = next(v for v, d in decisions.items() if d.promote)
+    assert original(get_model_registry("azureml"), "pm-test").version == winner
+    tags = {v: fake.models["pm-test"][v]["properties"]["tags"] for v in ("1", "2", "3")}
+    assert [v for v, t in tags.items() if t.get("champion") == "true"] == [winner]
+    loser = "3" if winner == "2" else "2"
+    assert tags[loser]["champion.decision"] == "not_compared_champion_changed"
+    assert f"champion is now version {winner}" in tags[loser]["champion.reason"]

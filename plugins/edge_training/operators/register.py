@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from edge_training import config
-from edge_training.champion import ALREADY_CHAMPION, decide_promotion, split_metrics
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
-from edge_training.lineage import decision_tags, lineage_tags
+from edge_training.lineage import decision_tags, lineage_tags, training_identity
+from edge_training.promotion import find_identical, settle_champion
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -65,11 +65,17 @@ class RegisterModelOperator(BaseOperator):
     Register the trained model (one version per training job, retry-safe) with lineage tags, then promote it
     to ``champion`` only if it beats the current champion on the same holdout (or the run forces it).
 
-    The champion's score comes from the training job, which scored the champion on the same holdout as the
-    candidate (``training["metrics"]["champion_metrics"]``). A champion that was not scored there cannot be
-    compared, so it is kept unless the run forces the promotion.
+    The champion's score comes from the training job, which scored the champion on the candidate's holdout
+    (``training["metrics"]["champion_metrics"]``). The promotion rule (``champion.PROMOTION_RULE``) compares only
+    when neither model trained on that holdout and it is not older than the champion's; otherwise the decision is
+    ``not_compared_older_window``. A champion that moved since training scored another one cannot be compared
+    (``not_compared_champion_changed``). The champion moves by compare-and-set, so of two registrations finishing
+    together exactly one can win.
 
-    Returns ``{"model_name", "version", "uri", "promoted", "decision", "previous_champion", "tags"}``.
+    An identical re-train (same data fingerprint, code version, hyperparameters, seed and windows) registers no
+    copy: the existing version is reused (tagged ``edge.reused_by``) and goes through the gate again.
+
+    Returns ``{"model_name", "version", "uri", "promoted", "decision", "previous_champion", "reused", "tags"}``.
 
     :param model_name: Registered model name.
     :param training: The training task's result (XComArg or dict): ``job_id``, ``artifacts_dir`` (with
@@ -142,41 +148,36 @@ class RegisterModelOperator(BaseOperator):
             training,
         )
         registry = self.registry
-        version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
+        identical = find_identical(registry, self.model_name, training_identity(training))
+        reused = identical is not None and identical.run_id != registration_key
+        if reused:
+            version = identical
+            self.log.info(
+                "Model %s version %s was trained from the same data, code, parameters and windows (%s): reusing it "
+                "instead of registering a copy", self.model_name, version.version, tags.get("edge.training_identity"),
+            )  # fmt: skip
+            registry.set_tags(self.model_name, version.version, {"edge.reused_by": run_id})
+        else:
+            version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
 
-        champion = registry.get_champion(self.model_name)
-        document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
-        candidate_metrics, champion_metrics = split_metrics(document)
-        scored = training.get("champion_version", document.get("champion_version"))
-        if champion is not None and champion_metrics is not None and scored is not None:
-            if str(scored) != champion.version:
-                # The champion moved (another run promoted) after training scored the old one.
-                self.log.warning(
-                    "Training scored champion version %s, but the champion is now version %s: not comparable",
-                    scored, champion.version,
-                )  # fmt: skip
-                champion_metrics = None
-        decision = decide_promotion(
-            candidate_metrics,
-            champion_metrics if champion is not None else None,
+        decision, previous = settle_champion(
+            registry,
+            self.model_name,
+            version,
+            training,
             metric=self.metric,
             margin=self.margin,
             force=force,
-            champion_version=champion.version if champion is not None else None,
-            candidate_version=version.version,
+            decided_by=run_id,
         )
         decided = decision_tags(decision)
-        # Tags before the alias: if promoting fails, the retry recomputes the same decision and promotes.
-        registry.set_tags(self.model_name, version.version, decided)
-        if decision.promote and decision.outcome != ALREADY_CHAMPION:
-            registry.promote(self.model_name, version.version)
         self.log.info(
             "Model %s version %s: candidate %s %s, champion%s %s -> %s (%s)",
             self.model_name,
             version.version,
             decision.metric,
             "n/a" if decision.candidate_score is None else f"{decision.candidate_score:.4f}",
-            f" version {champion.version}" if champion is not None else " (none)",
+            f" version {previous}" if previous is not None else " (none)",
             "n/a" if decision.champion_score is None else f"{decision.champion_score:.4f}",
             "PROMOTED" if decision.promote else "not promoted",
             decision.reason,
@@ -187,6 +188,7 @@ class RegisterModelOperator(BaseOperator):
             "uri": version.uri,
             "promoted": decision.promote,
             "decision": dataclasses.asdict(decision),
-            "previous_champion": champion.version if champion is not None else None,
-            "tags": {**tags, **decided},
+            "previous_champion": previous,
+            "reused": reused,
+            "tags": {**(version.tags if reused else tags), **decided},
         }

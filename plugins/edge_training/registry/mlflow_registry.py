@@ -1,105 +1,39 @@
-"""Model registry: register trained models with lineage tags and keep the ``champion`` alias.
+"""MLflow model registry: the :class:`~edge_training.registry.base.ModelRegistry` interface on MLflow.
 
-One interface (:class:`ModelRegistry`), one implementation per backend. The embedded default is a real MLflow
-model registry on SQLite with local artifacts (the local stand-in for the Azure ML registry); the backend is
-chosen by ``EDGE_MODEL_REGISTRY``. Heavy imports (mlflow, onnx) happen inside methods so that importing this
-module from an operator module costs nothing at DAG parse time.
+The local stand-in for the Azure ML registry (SQLite store, local artifacts), and also usable with an MLflow
+tracking server. Registration is idempotent per ``run_id``: the key is stored as the ``edge.registration_key`` tag
+on the version, and a version only counts as complete once the ``edge.registration_complete`` tag is set, which
+happens last. A retry after any failure resumes from what already exists instead of creating a second version.
 
-Registration is idempotent per ``run_id`` (the pipeline's key for one trained model): the key is stored as the
-``edge.registration_key`` tag on the version, and a version only counts as complete once the
-``edge.registration_complete`` tag is set, which happens last. A retry after any failure resumes from what
-already exists instead of creating a second version.
+MLflow has no compare-and-set on aliases, so :meth:`MLflowModelRegistry.promote` re-reads the alias and moves it
+while holding a lock that every promoter of the same store shares: an exclusive ``flock`` on a file beside a
+SQLite database or file store, or, for a tracking server, a lease that the server itself grants atomically.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from edge_training import config
-from edge_training.champion import split_metrics
-from edge_training.exceptions import ModelRegistryError
+from edge_training.exceptions import ChampionChangedError, ModelRegistryError
+from edge_training.registry.base import (
+    CHAMPION_ALIAS,
+    METRICS_FILE,
+    REGISTRATION_COMPLETE_TAG,
+    REGISTRATION_KEY_TAG,
+    RegisteredModelVersion,
+    check_safe,
+    read_artifacts,
+    version_number,
+)
+from edge_training.registry.locks import file_lock, mlflow_lease
 
 log = logging.getLogger(__name__)
-
-CHAMPION_ALIAS = "champion"
-REGISTRATION_KEY_TAG = "edge.registration_key"
-REGISTRATION_COMPLETE_TAG = "edge.registration_complete"
-ONNX_FILE = "model.onnx"
-METRICS_FILE = "metrics.json"
-
-# Keys and names end up inside registry search filters; refusing quotes keeps those filters unambiguous.
-_SAFE_VALUE = re.compile(r"^[^'\"`\\\n\r]{1,250}$")
-
-
-@dataclass(frozen=True)
-class RegisteredModelVersion:
-    """One version of a registered model.
-
-    :param name: Registered model name.
-    :param version: Version as a string ("1", "2", ...).
-    :param run_id: The registration key the version was registered with (see :meth:`ModelRegistry.register`).
-    :param tags: The version's tags (lineage, champion decision, image digest...).
-    :param source: Where the backend stores the model files.
-    :param uri: A URI naming this version in the backend (e.g. ``models:/name/3``).
-    """
-
-    name: str
-    version: str
-    run_id: str | None
-    tags: dict[str, str] = field(default_factory=dict)
-    source: str = ""
-    uri: str = ""
-
-    @property
-    def complete(self) -> bool:
-        """True once registration finished (lineage tags written)."""
-        return self.tags.get(REGISTRATION_COMPLETE_TAG) == "true"
-
-
-@runtime_checkable
-class ModelRegistry(Protocol):
-    """What the pipeline needs from a model registry."""
-
-    def find_version_by_run(self, model_name: str, run_id: str) -> RegisteredModelVersion | None:
-        """The version registered with this key, complete or not, or None."""
-
-    def register(self, model_name: str, artifacts_dir: Path, run_id: str, tags: dict) -> RegisteredModelVersion:
-        """Register ``artifacts_dir/model.onnx`` (+ ``metrics.json``) as a new version tagged with ``tags``.
-
-        Idempotent per ``run_id``: if a complete version with this key exists it is returned unchanged; an
-        incomplete one is completed.
-        """
-
-    def get_champion(self, model_name: str) -> RegisteredModelVersion | None:
-        """The version holding the ``champion`` alias, or None."""
-
-    def promote(self, model_name: str, version: str) -> None:
-        """Move the ``champion`` alias to ``version``."""
-
-    def set_tags(self, model_name: str, version: str, tags: dict) -> None:
-        """Set (add or overwrite) tags on a version."""
-
-    def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
-        """Download the version's ONNX file into ``dest_dir`` and return its path."""
-
-
-def _check_safe(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _SAFE_VALUE.match(value):
-        raise ValueError(
-            f"Model registry: the {what} must be 1-250 characters without quotes, backslashes or newlines; "
-            f"found {value!r}. Pass a plain identifier (e.g. the training job id)."
-        )
-    return value
 
 
 @contextmanager
@@ -119,37 +53,6 @@ def _keep_tracking_uri_env():
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
-
-def read_artifacts(artifacts_dir: Path) -> tuple[Path, dict]:
-    """Check a training artifacts folder and return (ONNX path, numeric metrics from metrics.json).
-
-    :raises ModelRegistryError: the folder or ``model.onnx`` is missing, or ``metrics.json`` is not JSON.
-    """
-    artifacts_dir = Path(artifacts_dir)
-    onnx_path = artifacts_dir / ONNX_FILE
-    if not onnx_path.is_file():
-        found = sorted(p.name for p in artifacts_dir.iterdir()) if artifacts_dir.is_dir() else "folder missing"
-        raise ModelRegistryError(
-            f"Model registry: expected the trained model at {onnx_path}, found {found}. "
-            "Check that the training job finished and its artifacts were copied back to this worker."
-        )
-    metrics: dict = {}
-    metrics_path = artifacts_dir / METRICS_FILE
-    if metrics_path.is_file():
-        try:
-            raw = json.loads(metrics_path.read_text())
-        except ValueError as exc:
-            raise ModelRegistryError(
-                f"Model registry: {metrics_path} is not valid JSON ({exc.msg} at line {exc.lineno}). "
-                "Re-run the training job; it writes this file."
-            ) from None
-        candidate, _ = split_metrics(raw)
-        metrics = {
-            str(k): float(v)
-            for k, v in candidate.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
-    return onnx_path, metrics
 
 
 def serving_signature(model) -> dict:
@@ -242,20 +145,38 @@ class MLflowModelRegistry:
         )
 
     def find_version_by_run(self, model_name: str, run_id: str) -> RegisteredModelVersion | None:
-        _check_safe("model name", model_name)
-        _check_safe("registration run id", run_id)
-        found = self.client.search_model_versions(
-            f"name = '{model_name}' and tags.`{REGISTRATION_KEY_TAG}` = '{run_id}'"
-        )
-        if not found:
-            return None
+        check_safe("registration run id", run_id)
+        found = self.find_versions_by_tag(model_name, REGISTRATION_KEY_TAG, run_id)
         # More than one can only come from a concurrent double registration; the first one is canonical.
-        return self._to_version(min(found, key=lambda mv: int(mv.version)))
+        return found[0] if found else None
+
+    def find_versions_by_tag(self, model_name: str, key: str, value: str) -> list[RegisteredModelVersion]:
+        check_safe("model name", model_name)
+        check_safe("tag name", key)
+        check_safe("tag value", value)
+        found = self.client.search_model_versions(f"name = '{model_name}' and tags.`{key}` = '{value}'")
+        return [self._to_version(mv) for mv in sorted(found, key=lambda mv: version_number(mv.version))]
+
+    def list_versions(self, model_name: str) -> list[RegisteredModelVersion]:
+        check_safe("model name", model_name)
+        found = self.client.search_model_versions(f"name = '{model_name}'")
+        return [self._to_version(mv) for mv in sorted(found, key=lambda mv: version_number(mv.version))]
+
+    def get_version(self, model_name: str, version: str) -> RegisteredModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        check_safe("model name", model_name)
+        try:
+            return self._to_version(self.client.get_model_version(model_name, str(version)))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def get_champion(self, model_name: str) -> RegisteredModelVersion | None:
         from mlflow.exceptions import MlflowException
 
-        _check_safe("model name", model_name)
+        check_safe("model name", model_name)
         try:
             registered = self.client.get_registered_model(model_name)
         except MlflowException as exc:
@@ -336,8 +257,8 @@ class MLflowModelRegistry:
         """
         from mlflow.exceptions import MlflowException
 
-        _check_safe("model name", model_name)
-        _check_safe("registration run id", run_id)
+        check_safe("model name", model_name)
+        check_safe("registration run id", run_id)
         existing = self.find_version_by_run(model_name, run_id)
         if existing is not None and existing.complete:
             log.info("Model %s version %s is already registered for run %s", model_name, existing.version, run_id)
@@ -385,9 +306,53 @@ class MLflowModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(model_name, str(version), key, str(value))
 
-    def promote(self, model_name: str, version: str) -> None:
-        self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
+    @contextmanager
+    def champion_lock(self, model_name: str):
+        """Serialise champion moves of ``model_name`` among every process using this store (see the module doc)."""
+        parsed = urlparse(self.tracking_uri)
+        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+            store = Path(parsed.path)
+        elif parsed.scheme in ("", "file"):
+            store = Path(parsed.path or self.tracking_uri) / ".locks" / "store"
+        else:
+            with mlflow_lease(self.client, model_name):
+                yield
+            return
+        with file_lock(store.with_name(f"{store.name}.{model_name}.champion.lock")):
+            yield
+
+    def promote(self, model_name: str, version: str, *, expected: str | None) -> None:
+        check_safe("model name", model_name)
+        with self.champion_lock(model_name):
+            current = self.get_champion(model_name)
+            now = current.version if current is not None else None
+            if now == str(version):
+                log.info("Model %s version %s is already the %s", model_name, version, CHAMPION_ALIAS)
+                return
+            if now != (None if expected is None else str(expected)):
+                raise ChampionChangedError(
+                    f"Model {model_name}: the champion is version {now or 'none'}, not {expected or 'none'} as read "
+                    f"before promoting version {version}; another promotion moved it first. Nothing was changed.",
+                    now,
+                )
+            self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
         log.info("Model %s version %s is now the %s", model_name, version, CHAMPION_ALIAS)
+
+    def attach_file(self, model_name: str, version: str, path: Path) -> str:
+        """Log ``path`` as an artifact of the version's MLflow run under ``attachments/``; return its URI."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelRegistryError(f"Model registry: cannot attach {path} to model {model_name} version {version}: "
+                                     "no such file.")
+        mv = self.client.get_model_version(model_name, str(version))
+        if not mv.run_id:
+            raise ModelRegistryError(
+                f"Model {model_name} version {version} has no MLflow run to hold attachments; only versions "
+                "registered by this pipeline can have files attached."
+            )
+        self.client.log_artifact(mv.run_id, str(path), artifact_path="attachments")
+        artifact_uri = self.client.get_run(mv.run_id).info.artifact_uri.rstrip("/")
+        return f"{artifact_uri}/attachments/{path.name}"
 
     def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
         """Download a version's MLflow model folder into ``dest_dir``; return the ONNX file inside it.
@@ -409,34 +374,3 @@ class MLflowModelRegistry:
                 "register an ONNX model."
             )
         return local / flavors["onnx"]["data"]
-
-
-def get_model_registry(backend: str | None = None) -> ModelRegistry:
-    """Return the model registry for ``backend`` (default: ``EDGE_MODEL_REGISTRY``, "mlflow").
-
-    :param backend: "mlflow" (SQLite-backed MLflow at ``MLFLOW_TRACKING_URI``, artifacts under
-        ``EDGE_MLFLOW_ARTIFACTS_DIR``) or "azureml" (the workspace of ``EDGE_AZUREML_CONN_ID``).
-    :raises ValueError: unknown backend.
-    """
-    # Read at call time, like MLflow itself does: a process whose environment changed after `config` was
-    # imported (a test fixture applying the local edge stack's settings) must get the registry it points at.
-    name = (backend or os.getenv("EDGE_MODEL_REGISTRY") or config.MODEL_REGISTRY).strip().lower()
-    if name == "mlflow":
-        return MLflowModelRegistry(
-            os.getenv("MLFLOW_TRACKING_URI") or config.MLFLOW_TRACKING_URI,
-            os.getenv("EDGE_MLFLOW_ARTIFACTS_DIR") or config.MLFLOW_ARTIFACTS_DIR,
-            os.getenv("EDGE_MLFLOW_EXPERIMENT") or config.MLFLOW_EXPERIMENT,
-        )
-    if name == "azureml":
-        from edge_training.registry_azureml import AzureMLModelRegistry
-
-        return AzureMLModelRegistry(
-            os.getenv("EDGE_AZUREML_CONN_ID") or config.AZUREML_CONN_ID,
-            os.getenv("EDGE_BLOB_CONN_ID") or config.BLOB_CONN_ID,
-            os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER") or config.AZUREML_OUTPUT_CONTAINER,
-            os.getenv("EDGE_AZUREML_OUTPUT_PREFIX") or config.AZUREML_OUTPUT_PREFIX,
-        )
-    raise ValueError(
-        f"Model registry: unknown backend {name!r} (from the operator's registry_backend or EDGE_MODEL_REGISTRY). "
-        "Use 'mlflow' or 'azureml'."
-    )
