@@ -52,7 +52,7 @@ def settle_champion(
     margin: float,
     force: bool,
     decided_by: str,
-) -> tuple[PromotionDecision, str | None]:
+) -> tuple[PromotionDecision, str | None, dict[str, str]]:
     """Decide whether ``candidate`` becomes the champion, move the champion if so, and tag the decision.
 
     :param registry: The model registry.
@@ -63,13 +63,17 @@ def settle_champion(
     :param margin: Minimum improvement needed.
     :param force: Promote whatever the rule and the scores say.
     :param decided_by: Who decided (the DAG run id), tagged with the decision.
-    :return: (the decision, the champion version it was taken against or None).
+    :return: (the decision, the champion version it was taken against or None, the decision tags on the version).
     :raises ModelRegistryError: the champion kept moving for :data:`SETTLE_ATTEMPTS` rounds.
     """
     document = training.get("metrics") if isinstance(training.get("metrics"), dict) else {}
     candidate_metrics, champion_metrics = split_metrics(document)
-    scored = training.get("champion_version", document.get("champion_version"))
-    scored = None if scored in (None, "none") else str(scored)
+    if "champion_version" in training or "champion_version" in document:
+        scored = training.get("champion_version", document.get("champion_version"))
+        scored = None if scored in (None, "none") else str(scored)
+        checked = {"scored_version": scored}
+    else:
+        checked = {}  # a training result that does not say which champion it scored (older operators)
     for _ in range(SETTLE_ATTEMPTS):
         champion = registry.get_champion(model_name)
         decision = decide_promotion(
@@ -80,7 +84,7 @@ def settle_champion(
             force=force,
             champion_version=champion.version if champion is not None else None,
             candidate_version=candidate.version,
-            scored_version=scored,
+            **checked,
             candidate_windows=windows_from_document(document),
             champion_windows=windows_from_tags(champion.tags) if champion is not None else None,
         )
@@ -90,15 +94,13 @@ def settle_champion(
             except ChampionChangedError as exc:
                 log.warning("Model %s version %s: %s Deciding again.", model_name, candidate.version, exc)
                 continue
+        previous = champion.version if champion is not None else None
         if decision.outcome == ALREADY_CHAMPION and candidate.tags.get("champion.decision") in PROMOTED_OUTCOMES:
             # A retry after the promotion: keep the decision that promoted it.
-            return decision, champion.version if champion else None
-        registry.set_tags(model_name, candidate.version, {
-            **decision_tags(decision),
-            DECIDED_AT_TAG: _now(),
-            DECIDED_BY_TAG: decided_by[:250],
-        })  # fmt: skip
-        return decision, champion.version if champion is not None else None
+            return decision, previous, {k: v for k, v in candidate.tags.items() if k.startswith("champion.")}
+        written = {**decision_tags(decision), DECIDED_AT_TAG: _now(), DECIDED_BY_TAG: decided_by[:250]}
+        registry.set_tags(model_name, candidate.version, written)
+        return decision, previous, written
     raise ModelRegistryError(
         f"Model {model_name} version {candidate.version}: the champion moved {SETTLE_ATTEMPTS} times while this "
         "registration was deciding (many promotions at once). Retry the task: it decides against the champion then."

@@ -45,6 +45,10 @@ def _build_artifacts(folder: Path, seed: int, roc_auc: float) -> tuple[Path, np.
         "metrics": {"roc_auc": roc_auc, "pr_auc": 0.5, "n_train": 160, "n_holdout": 40},
         "champion_metrics": None,
         "data_fingerprint": "sha256:abc",
+        "window": {"start": "2026-11-13", "end": "2026-11-20", "days": 7},
+        "train_window": {"start": "2026-11-13", "end": "2026-11-19", "days": 6},
+        "holdout_window": {"start": "2026-11-19", "end": "2026-11-20", "days": 1},
+        "model": {"params": {"C": 1.0}, "seed": seed},
     }
     (folder / "metrics.json").write_text(json.dumps(document))
     return folder, x[:20]
@@ -94,7 +98,7 @@ def test_register_promote_and_download(registry, tmp_path):
     assert run.data.metrics["roc_auc"] == pytest.approx(0.91)
     assert "metrics.json" in [a.path for a in client.list_artifacts(mv.run_id)]
 
-    registry.promote(MODEL, v1.version)
+    registry.promote(MODEL, v1.version, expected=None)
     assert registry.get_champion(MODEL).version == "1"
 
     # A worse model is registered as version 2; the alias stays where it is until promote() is called.
@@ -105,7 +109,7 @@ def test_register_promote_and_download(registry, tmp_path):
     assert registry.find_version_by_run(MODEL, "job-2").version == "2"
     assert registry.find_version_by_run(MODEL, "job-unknown") is None
 
-    registry.promote(MODEL, v2.version)  # forced promotion
+    registry.promote(MODEL, v2.version, expected="1")  # forced promotion
     assert registry.get_champion(MODEL).version == "2"
     assert {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()} == {CHAMPION_ALIAS: "2"}
 
@@ -161,6 +165,8 @@ def test_factory_defaults_to_mlflow_and_rejects_unknown_backends(monkeypatch, tm
 def _training(folder: Path, job_id: str, champion_roc_auc: float | None) -> dict:
     document = json.loads((folder / "metrics.json").read_text())
     document["champion_metrics"] = None if champion_roc_auc is None else {"roc_auc": champion_roc_auc}
+    # Each job read its own data (a different fingerprint): none is an identical re-train of another.
+    document["data_fingerprint"] = f"sha256:{job_id}"
     return {
         "job_id": job_id,
         "artifacts_dir": str(folder),

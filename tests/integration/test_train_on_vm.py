@@ -242,7 +242,7 @@ def test_the_champion_is_scored_on_the_same_holdout(edge_env, vm, container, tmp
     assert first["champion_version"] is None and first["metrics"]["champion_metrics"] is None
     registry = get_model_registry()
     champion = registry.register(model_name, Path(first["artifacts_dir"]), first["job_id"], {})
-    registry.promote(model_name, champion.version)
+    registry.promote(model_name, champion.version, expected=None)
 
     second = make_operator(container, deferrable=False, model_name=model_name).execute(
         make_context(f"manual__{uuid.uuid4().hex}")

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 
 from edge_training import config
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
-from edge_training.lineage import decision_tags, lineage_tags, training_identity
+from edge_training.lineage import lineage_tags, training_identity
 from edge_training.promotion import find_identical, settle_champion
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class RegisterModelOperator(BaseOperator):
         else:
             version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
 
-        decision, previous = settle_champion(
+        decision, previous, decided = settle_champion(
             registry,
             self.model_name,
             version,
@@ -170,7 +170,6 @@ class RegisterModelOperator(BaseOperator):
             force=force,
             decided_by=run_id,
         )
-        decided = decision_tags(decision)
         self.log.info(
             "Model %s version %s: candidate %s %s, champion%s %s -> %s (%s)",
             self.model_name,

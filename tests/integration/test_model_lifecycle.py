@@ -1,0 +1,254 @@
+"""Champion lifecycle against a real MLflow registry (SQLite store, local artifacts): the promotion rule on training
+windows, concurrent promotions, identical re-trains, rollback, and files attached to a version."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edge_training.exceptions import RollbackRefusedError
+from edge_training.lineage import lineage_tags
+from edge_training.operators.register import RegisterModelOperator
+from edge_training.promotion import rollback_champion, settle_champion
+from edge_training.registry import CHAMPION_ALIAS, MLflowModelRegistry
+from tests._models import write_model
+
+pytestmark = pytest.mark.integration
+
+MODEL = "lifecycle-test"
+HOLDOUT_DAYS = 1
+WINDOW_DAYS = 7
+
+
+def _document(end: date, roc_auc: float, champion_roc_auc: float | None, fingerprint: str, seed: int = 0) -> dict:
+    """metrics.json as include/training/train.py writes it for a window ending (exclusive) at ``end``."""
+    start, split = end - timedelta(days=WINDOW_DAYS), end - timedelta(days=HOLDOUT_DAYS)
+    return {
+        "metrics": {"roc_auc": roc_auc, "n_train": 1000, "n_holdout": 100},
+        "champion_metrics": None if champion_roc_auc is None else {"roc_auc": champion_roc_auc},
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "days": WINDOW_DAYS},
+        "train_window": {"start": start.isoformat(), "end": split.isoformat(), "days": WINDOW_DAYS - HOLDOUT_DAYS},
+        "holdout_window": {"start": split.isoformat(), "end": end.isoformat(), "days": HOLDOUT_DAYS},
+        "data_fingerprint": fingerprint,
+        "model": {"params": {"n_estimators": 20}, "seed": seed},
+    }
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("onnx"), seed=3, trees=5)
+
+
+def _training(onnx_dir: Path, job: str, document: dict, champion_version: str | None) -> dict:
+    folder = onnx_dir.parent / f"arts-{job}"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.onnx").write_bytes((onnx_dir / "model.onnx").read_bytes())
+    (folder / "metrics.json").write_text(json.dumps(document))
+    return {"job_id": job, "artifacts_dir": str(folder), "metrics": document, "code_version": "c0de",
+            "window": f"{document['window']['start']}/{document['window']['end']}", "training_seconds": 1.0,
+            "champion_version": champion_version}
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch, tmp_path) -> MLflowModelRegistry:
+    monkeypatch.setenv("EDGE_MODEL_REGISTRY", "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    return MLflowModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+
+
+def _register_model(training: dict, run_id: str, force: bool = False) -> dict:
+    op = RegisterModelOperator(task_id="register_model", model_name=MODEL, training=training,
+                               validation={"success": True, "data_fingerprint": training["metrics"]["data_fingerprint"]},
+                               force_promote=force)
+    return op.execute({"ti": SimpleNamespace(dag_id="edge_training", run_id=run_id),
+                       "data_interval_start": None, "data_interval_end": None})
+
+
+def test_a_past_window_or_an_overlapping_backfill_leaves_the_newer_champion(mlflow_env, onnx_dir):
+    registry = mlflow_env
+    newer = date(2026, 12, 1)
+    first = _register_model(_training(onnx_dir, "job-new", _document(newer, 0.80, None, "sha256:new"), None), "manual__new")
+    assert first["decision"]["outcome"] == "promoted_no_champion"
+
+    # A manual re-train of 2026-09-27..2026-10-04 that happens to score better on its old holdout.
+    past = _training(onnx_dir, "job-past", _document(date(2026, 10, 4), 0.99, 0.70, "sha256:past"), "1")
+    kept = _register_model(past, "manual__past")
+    # A backfill whose window ends two days before the champion's: its holdout is a day the champion trained on.
+    overlap = _training(onnx_dir, "job-bf", _document(newer - timedelta(days=2), 0.95, 0.90, "sha256:bf"), "1")
+    backfill = _register_model(overlap, "backfill__2026-11-29")
+
+    assert registry.get_champion(MODEL).version == "1"
+    for result, why in ((kept, "the champion trained on it"), (backfill, "the champion trained on it")):
+        tags = registry.get_version(MODEL, result["version"]).tags
+        assert result["promoted"] is False and tags["champion.decision"] == "not_compared_older_window"
+        assert why in tags["champion.reason"] and "force_promote overrides" in tags["champion.rule"]
+        assert tags["edge.holdout_window"] and tags["edge.train_window"]
+
+    # A candidate of the next day competes (its holdout is after the champion's training days) and wins.
+    later = _training(onnx_dir, "job-next", _document(newer + timedelta(days=1), 0.85, 0.80, "sha256:next"), "1")
+    assert _register_model(later, "scheduled__next")["decision"]["outcome"] == "promoted"
+    # force_promote still promotes a past window, and says so.
+    forced = _register_model(_training(onnx_dir, "job-f", _document(date(2026, 10, 4), 0.5, 0.9, "sha256:f"), "4"),
+                             "manual__forced", force=True)
+    assert forced["decision"]["outcome"] == "promoted_forced" and registry.get_champion(MODEL).version == forced["version"]
+    assert "window rule and comparison skipped" in registry.get_version(MODEL, forced["version"]).tags["champion.reason"]
+
+
+def test_an_identical_retrain_reuses_its_version(mlflow_env, onnx_dir):
+    registry = mlflow_env
+    document = _document(date(2026, 12, 1), 0.8, None, "sha256:same")
+    first = _register_model(_training(onnx_dir, "job-a", document, None), "manual__a")
+    again = _register_model(_training(onnx_dir, "job-b", dict(document, champion_metrics={"roc_auc": 0.8}), "1"),
+                            "manual__b")
+    assert (first["reused"], again["reused"]) == (False, True)
+    assert again["version"] == first["version"] == "1" and len(registry.list_versions(MODEL)) == 1
+    tags = registry.get_version(MODEL, "1").tags
+    assert tags["edge.reused_by"] == "manual__b" and tags["champion.decision"] == "promoted_no_champion"
+    # Other hyperparameters (another seed) are another model: a new version.
+    other = dict(document, model={"params": {"n_estimators": 20}, "seed": 1}, champion_metrics={"roc_auc": 0.8})
+    assert _register_model(_training(onnx_dir, "job-c", other, "1"), "manual__c")["version"] == "2"
+
+
+@pytest.mark.parametrize("lock", ["file", "lease"])
+def test_two_registrations_at_once_leave_exactly_one_champion(mlflow_env, onnx_dir, monkeypatch, lock):
+    """Each round: two candidates trained against the same champion register and promote at the same moment.
+
+    The first round registers both for real (model logged, version created); later rounds create the versions
+    directly (same files), so the bounded loop of interleavings stays cheap.
+    """
+    registry = mlflow_env
+    if lock == "lease":
+        # The tracking-server lock (a lease the store grants atomically), exercised on the same real store.
+        from edge_training.registry import locks
+
+        monkeypatch.setattr(MLflowModelRegistry, "champion_lock",
+                            lambda self, name: locks.mlflow_lease(self.client, name))
+    base = date(2026, 11, 1)
+    seed = _training(onnx_dir, "job-0", _document(base, 0.6, None, "sha256:0"), None)
+    registry.register(MODEL, Path(seed["artifacts_dir"]), "job-0", lineage_tags("d", "r0", None, None, {}, seed))
+    registry.promote(MODEL, "1", expected=None)
+    rng = random.Random(11)
+    original = MLflowModelRegistry.get_champion
+    # Widen the gap between re-reading the alias and moving it: without the lock both promotions would pass the
+    # re-read and both move the alias (checked by hand with champion_lock replaced by a no-op).
+    from mlflow import MlflowClient
+
+    set_alias = MlflowClient.set_registered_model_alias
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias",
+                        lambda self, *a, **k: (threading.Event().wait(0.05), set_alias(self, *a, **k))[1])
+
+    source = registry.get_version(MODEL, "1").source
+    rounds = 8
+    for round_no in range(1, rounds + 1):
+        champion = original(registry, MODEL).version
+        barrier = threading.Barrier(2, timeout=60)
+        first_read = threading.local()
+
+        def read_together(self, name, _barrier=barrier, _local=first_read):
+            found = original(self, name)
+            if not getattr(_local, "done", False):
+                _local.done = True
+                _barrier.wait()  # both decided against the same champion
+                threading.Event().wait(rng.random() * 0.03)  # then race to promote in varying order
+            return found
+
+        monkeypatch.setattr(MLflowModelRegistry, "get_champion", read_together)
+        decisions: dict[str, object] = {}
+        errors: list[BaseException] = []
+
+        def register_and_promote(job: str) -> None:
+            try:
+                mine = MLflowModelRegistry(registry.tracking_uri, registry.artifacts_dir)  # like another worker
+                end = base + timedelta(days=round_no)
+                training = _training(onnx_dir, job, _document(end, 0.9, 0.6, f"sha256:{job}"), champion)
+                tags = lineage_tags("d", job, None, None, {}, training)
+                if round_no == 1:
+                    version = mine.register(MODEL, Path(training["artifacts_dir"]), job, tags)
+                else:
+                    created = mine.client.create_model_version(MODEL, source=source, tags=tags)
+                    version = mine.get_version(MODEL, str(created.version))
+                decisions[job] = (version.version, settle_champion(
+                    mine, MODEL, version, training, metric="roc_auc", margin=0.0, force=False, decided_by=job)[0])
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=register_and_promote, args=(f"job-{round_no}{s}",)) for s in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        monkeypatch.setattr(MLflowModelRegistry, "get_champion", original)
+        assert not errors, errors
+        outcomes = sorted(d.outcome for _, d in decisions.values())
+        assert outcomes == ["not_compared_champion_changed", "promoted"], (round_no, decisions)
+        [winner] = [v for v, d in decisions.values() if d.promote]
+        [loser] = [v for v, d in decisions.values() if not d.promote]
+        assert original(registry, MODEL).version == winner
+        reason = registry.get_version(MODEL, loser).tags["champion.reason"]
+        assert f"champion is now version {winner}" in reason and f"scored version {champion}" in reason
+    assert len(registry.list_versions(MODEL)) == 1 + 2 * rounds
+    assert not registry.client.search_registered_models(f"name = '{MODEL}.champion-lease'")
+
+
+def _mlflow_version_without_onnx(registry: MLflowModelRegistry, tmp_path: Path) -> str:
+    folder = tmp_path / "pyfunc"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: x\n")
+    mv = registry.client.create_model_version(MODEL, source=folder.as_uri(),
+                                              tags={"edge.registration_complete": "true"})
+    return str(mv.version)
+
+
+def test_rollback_puts_a_named_version_back_and_refuses_bad_input(mlflow_env, onnx_dir, tmp_path):
+    registry = mlflow_env
+    for n, end in ((1, date(2026, 11, 20)), (2, date(2026, 11, 21))):
+        training = _training(onnx_dir, f"job-{n}", _document(end, 0.7 + n / 10, 0.0, f"sha256:{n}"), None)
+        registry.register(MODEL, Path(training["artifacts_dir"]), f"job-{n}",
+                          {**lineage_tags("d", f"r{n}", None, None, {}, training), "champion.decision": "promoted"})
+    registry.promote(MODEL, "2", expected=None)
+    no_onnx = _mlflow_version_without_onnx(registry, tmp_path)
+    before = {v.version: v.tags for v in registry.list_versions(MODEL)}
+
+    for version, message in (("9", r"has no version '9' \(versions: 1, 2, 3\)"),
+                             ("2", "version 2 is already the champion"),
+                             (no_onnx, "version 3 cannot be served: .*not onnx")):
+        with pytest.raises(RollbackRefusedError, match=message + ".*Nothing was changed"):
+            rollback_champion(registry, MODEL, version, "bad model in production", decided_by="manual__rb")
+    with pytest.raises(RollbackRefusedError, match="the reason: it is empty"):
+        rollback_champion(registry, MODEL, "1", "  ", decided_by="manual__rb")
+    assert registry.get_champion(MODEL).version == "2"
+    assert {v.version: v.tags for v in registry.list_versions(MODEL)} == before
+
+    done = rollback_champion(registry, MODEL, "1", "drift on line 3", decided_by="manual__rb")
+    assert done == {"model_name": MODEL, "version": "1", "previous_champion": "2", "reason": "drift on line 3"}
+    aliases = registry.client.get_registered_model(MODEL).aliases
+    assert {k: str(v) for k, v in aliases.items()} == {CHAMPION_ALIAS: "1"}
+    back, replaced = registry.get_version(MODEL, "1").tags, registry.get_version(MODEL, "2").tags
+    assert (back["champion.decision"], replaced["champion.decision"]) == ("promoted_rollback", "demoted_rollback")
+    assert "drift on line 3" in back["champion.reason"] and "replacing version 2" in back["champion.reason"]
+    assert "drift on line 3" in replaced["champion.reason"] and replaced["champion.previous_decision"] == "promoted"
+    # The same rollback run retried after the move finishes quietly.
+    assert rollback_champion(registry, MODEL, "1", "drift on line 3", decided_by="manual__rb")["version"] == "1"
+
+
+def test_a_file_attached_to_a_version_is_stored_with_it(mlflow_env, onnx_dir, tmp_path):
+    registry = mlflow_env
+    training = _training(onnx_dir, "job-card", _document(date(2026, 11, 20), 0.8, None, "sha256:card"), None)
+    version = registry.register(MODEL, Path(training["artifacts_dir"]), "job-card", {})
+    card = tmp_path / "model_card.html"
+    card.write_text("<html><body>card</body></html>")
+    uri = registry.attach_file(MODEL, version.version, card)
+    assert uri.endswith("/attachments/model_card.html")
+    paths = [a.path for a in registry.client.list_artifacts(registry.client.get_model_version(MODEL, "1").run_id,
+                                                             "attachments")]
+    assert paths == ["attachments/model_card.html"]
+    registry.set_tags(MODEL, version.version, {"card.path": uri})
+    assert registry.get_version(MODEL, version.version).tags["card.path"] == uri
+    assert datetime.now(timezone.utc)  # noqa: the version's time tags are ISO strings (checked elsewhere)
