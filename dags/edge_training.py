@@ -10,8 +10,15 @@ Only the model, its metrics and validation summaries leave the edge; training da
 | 2 | `check_edge_vm` | Over SSH with the pinned host key: reachability, free disk and memory, load, Python, Docker (warning only), optional GPU, clock skew, and that the VM itself reaches the blob endpoint. |
 | 3 | `train_on_edge_vm` | Ships `include/training/` to the VM and starts the training job there under a job id derived from the DAG run, so a retry re-attaches instead of training twice. The job trains exactly the blobs `validate_data` validated (If-Match on their ETags; one changed since fails the task, saying to re-run from `validate_data`) with a read+list SAS of the data container that expires at the training timeout. Waits deferrably (no worker slot held). Runs in the `edge_vm` pool. |
 | 3' | `train_on_azureml` | Instead of `train_on_edge_vm` when the run's `training_backend` is `azureml`: the same training code as an Azure ML command job on the workspace's compute, reading the window from the mounted Stack Hub datastore; same re-attach on retry, deferrable wait, cancel on kill. |
-| 4 | `register_model` | Registers one model version per run with lineage tags; moves the `champion` alias only if the new model beats the champion on the same holdout (or `force_promote`). |
+| 4 | `register_model` | Registers one model version per run with lineage tags (an identical re-train reuses its version); moves the `champion` only if the new model beats the champion on the same holdout under the promotion rule below (or `force_promote`). |
 | 5 | `build_image` | Builds the model version's scoring image with buildah (no Docker daemon), smoke-tests it with `buildah run`, pushes `<registry>/<model>:<version>` through the `image_registry` connection and records the digest on the model version. A retry finding the same image under the tag neither rebuilds nor pushes. |
+
+**Promotion rule**: a candidate competes only on a holdout neither model trained on and at least as recent as the
+champion's (its holdout starts no earlier than the end of the champion's training days and ends no earlier than
+the champion's holdout: its window end is not older). Otherwise the decision is `not_compared_older_window` and the
+champion stays, so a backfill or a re-train of a past window never replaces a newer champion. `force_promote`
+skips the rule (`promoted_forced`). The champion moves by compare-and-set: of two registrations finishing together
+exactly one wins, the other is tagged `not_compared_champion_changed`. Roll back with the `edge_model_rollback` DAG.
 
 **Schedule**: cron `EDGE_TRAINING_SCHEDULE` (default `0 2 * * *`, UTC) with real data intervals. Catchup is off
 (`EDGE_TRAINING_CATCHUP=true` turns it on); history is trained with a backfill:

@@ -33,6 +33,7 @@ from edge_training.registry.base import (
     REGISTRATION_COMPLETE_TAG,
     REGISTRATION_KEY_TAG,
     RegisteredModelVersion,
+    champion_must_move,
     read_artifacts,
     version_number,
 )
@@ -235,15 +236,9 @@ class AzureMLModelRegistry:
         record = self._champion_record(model_name)
         current = self.get_champion(model_name)
         now = current.version if current is not None else None
-        if now == str(version):
+        if not champion_must_move(model_name, version, now, expected):
             log.info("Model %s version %s is already the %s", model_name, version, CHAMPION_TAG)
             return
-        if now != (None if expected is None else str(expected)):
-            raise ChampionChangedError(
-                f"Model {model_name}: the champion is version {now or 'none'}, not {expected or 'none'} as read "
-                f"before promoting version {version}; another promotion moved it first. Nothing was changed.",
-                now,
-            )
         since = datetime.now(timezone.utc).isoformat()
         n = version_number(record.version) + 1 if record is not None else 1
         entry = Model(

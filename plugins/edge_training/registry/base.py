@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edge_training.champion import split_metrics
-from edge_training.exceptions import ModelRegistryError
+from edge_training.exceptions import ChampionChangedError, ModelRegistryError
 
 CHAMPION_ALIAS = "champion"
 REGISTRATION_KEY_TAG = "edge.registration_key"
@@ -116,6 +116,26 @@ def check_safe(what: str, value: str) -> str:
             f"found {value!r}. Pass a plain identifier (e.g. the training job id)."
         )
     return value
+
+
+def champion_must_move(model_name: str, version: str, current: str | None, expected: str | None) -> bool:
+    """The compare of a compare-and-set promotion: False if ``version`` is already the champion, True to move it.
+
+    :param model_name: Registered model name.
+    :param version: The version being promoted.
+    :param current: The champion version read now (under the backend's lock or record).
+    :param expected: The champion version the caller decided against.
+    :raises ChampionChangedError: the champion is neither ``version`` nor ``expected``.
+    """
+    if current == str(version):
+        return False
+    if current != (None if expected is None else str(expected)):
+        raise ChampionChangedError(
+            f"Model {model_name}: the champion is version {current or 'none'}, not {expected or 'none'} as read "
+            f"before promoting version {version}; another promotion moved it first. Nothing was changed.",
+            current,
+        )
+    return True
 
 
 def version_number(version) -> int:

@@ -20,13 +20,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edge_training import config
-from edge_training.exceptions import ChampionChangedError, ModelRegistryError
+from edge_training.exceptions import ModelRegistryError
 from edge_training.registry.base import (
     CHAMPION_ALIAS,
     METRICS_FILE,
     REGISTRATION_COMPLETE_TAG,
     REGISTRATION_KEY_TAG,
     RegisteredModelVersion,
+    champion_must_move,
     check_safe,
     read_artifacts,
     version_number,
@@ -325,16 +326,9 @@ class MLflowModelRegistry:
         check_safe("model name", model_name)
         with self.champion_lock(model_name):
             current = self.get_champion(model_name)
-            now = current.version if current is not None else None
-            if now == str(version):
+            if not champion_must_move(model_name, version, current.version if current else None, expected):
                 log.info("Model %s version %s is already the %s", model_name, version, CHAMPION_ALIAS)
                 return
-            if now != (None if expected is None else str(expected)):
-                raise ChampionChangedError(
-                    f"Model {model_name}: the champion is version {now or 'none'}, not {expected or 'none'} as read "
-                    f"before promoting version {version}; another promotion moved it first. Nothing was changed.",
-                    now,
-                )
             self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version))
         log.info("Model %s version %s is now the %s", model_name, version, CHAMPION_ALIAS)
 
