@@ -1,14 +1,16 @@
-"""Champion gate: every branch of decide_promotion."""
+"""Champion gate: every branch of decide_promotion, and the promotion rule checked against train.py's split."""
 
 from __future__ import annotations
 
 import math
+from datetime import date, timedelta
 
 import pytest
 
 from edge_training import champion as gate
 from edge_training.champion import decide_promotion
 from edge_training.exceptions import PromotionMetricError
+from include.training.train import split_window, window_days
 
 
 def test_no_champion_promotes():
@@ -105,3 +107,87 @@ def test_split_metrics_reads_the_metrics_json_document():
 def test_split_metrics_reads_a_flat_dict():
     assert gate.split_metrics({"roc_auc": 0.9, "champion_metrics": None}) == ({"roc_auc": 0.9}, None)
     assert gate.split_metrics(None) == ({}, None)
+
+
+# -- the promotion rule on training windows ---------------------------------------------------------------------
+
+
+def _windows_as_trained(end: date, days: int = 7, holdout: int = 1) -> gate.TrainingWindows:
+    """The windows include/training/train.py uses for a window of ``days`` days ending (exclusive) at ``end``."""
+    train, held = split_window(window_days(end - timedelta(days=days), end), holdout)
+    return gate.TrainingWindows((train[0], train[-1] + timedelta(days=1)), (held[0], held[-1] + timedelta(days=1)))
+
+
+@pytest.mark.parametrize("later_by", [0, 1, 5, 30])
+def test_a_window_end_not_older_than_the_champions_gives_a_holdout_the_champion_never_trained_on(later_by):
+    champion_end = date(2026, 12, 1)
+    champion = _windows_as_trained(champion_end)
+    candidate = _windows_as_trained(champion_end + timedelta(days=later_by))
+    trained_by_champion = set(window_days(*champion.train))
+    held_out = set(window_days(*candidate.holdout))
+    assert not trained_by_champion & held_out  # what the champion is scored on, it did not train on
+    assert gate.window_rule(candidate, champion)[0] is None
+
+
+@pytest.mark.parametrize("earlier_by", [1, 2, 6, 58])
+def test_an_older_window_end_is_not_compared(earlier_by):
+    champion = _windows_as_trained(date(2026, 12, 1))
+    candidate = _windows_as_trained(date(2026, 12, 1) - timedelta(days=earlier_by))
+    outcome, why = gate.window_rule(candidate, champion)
+    assert outcome == gate.NOT_COMPARED_OLDER_WINDOW
+    assert "the champion trained on it" in why  # with a 1-day holdout every older end is a champion training day
+
+
+def test_a_longer_candidate_holdout_reaching_into_the_champions_training_days_is_not_compared():
+    champion = _windows_as_trained(date(2026, 12, 1))
+    candidate = _windows_as_trained(date(2026, 12, 2), holdout=3)  # holdout 11-29..12-02, champion trained to 11-30
+    assert gate.window_rule(candidate, champion)[0] == gate.NOT_COMPARED_OLDER_WINDOW
+
+
+def test_a_holdout_after_the_champions_training_but_ending_before_its_holdout_is_not_compared():
+    champion = _windows_as_trained(date(2026, 12, 3), holdout=3)  # trained to 11-30, holdout 11-30..12-03
+    candidate = _windows_as_trained(date(2026, 12, 2))  # holdout 12-01..12-02: unseen by the champion, but older
+    outcome, why = gate.window_rule(candidate, champion)
+    assert outcome == gate.NOT_COMPARED_OLDER_WINDOW and "older than the champion's" in why
+
+
+def test_the_gate_applies_the_rule_and_force_skips_it():
+    older, newer = _windows_as_trained(date(2026, 10, 4)), _windows_as_trained(date(2026, 12, 1))
+    args = dict(champion_version="3", candidate_version="4", candidate_windows=older, champion_windows=newer)
+    kept = decide_promotion({"roc_auc": 0.99}, {"roc_auc": 0.5}, **args)
+    assert not kept.promote and kept.outcome == gate.NOT_COMPARED_OLDER_WINDOW and kept.champion_score == 0.5
+    assert "force_promote overrides" in kept.reason
+    forced = decide_promotion({"roc_auc": 0.1}, {"roc_auc": 0.5}, force=True, **args)
+    assert forced.promote and forced.outcome == gate.PROMOTED_FORCED and "window rule" in forced.reason
+    fair = decide_promotion({"roc_auc": 0.9}, {"roc_auc": 0.5}, **{**args, "candidate_windows": newer,
+                                                                 "champion_windows": older})
+    assert fair.promote and fair.outcome == gate.PROMOTED
+
+
+def test_unknown_windows_are_not_compared():
+    d = decide_promotion({"roc_auc": 0.9}, {"roc_auc": 0.5}, champion_version="1", candidate_version="2",
+                         candidate_windows=_windows_as_trained(date(2026, 12, 1)), champion_windows=None)
+    assert not d.promote and d.outcome == gate.NOT_COMPARED_UNKNOWN_WINDOW and "champion's training" in d.reason
+
+
+def test_a_champion_that_moved_since_training_is_not_compared():
+    d = decide_promotion({"roc_auc": 0.9}, {"roc_auc": 0.5}, champion_version="5", candidate_version="6",
+                         scored_version="4")
+    assert not d.promote and d.outcome == gate.NOT_COMPARED_CHAMPION_CHANGED
+    assert "champion is now version 5" in d.reason and "scored version 4" in d.reason
+    appeared = decide_promotion({"roc_auc": 0.9}, None, champion_version="5", candidate_version="6",
+                                scored_version=None)
+    assert appeared.outcome == gate.NOT_COMPARED_CHAMPION_CHANGED and "no champion" in appeared.reason
+
+
+def test_windows_are_read_from_metrics_json_and_from_tags():
+    doc = {"train_window": {"start": "2026-11-24", "end": "2026-11-30"},
+           "holdout_window": {"start": "2026-11-30", "end": "2026-12-01"}}
+    expected = _windows_as_trained(date(2026, 12, 1), days=7)
+    assert gate.windows_from_document(doc) == expected
+    assert gate.windows_from_tags({"edge.train_window": "2026-11-24/2026-11-30",
+                                   "edge.holdout_window": "2026-11-30/2026-12-01"}) == expected
+    # A version tagged before the split was recorded: the job has always held out the newest day.
+    assert gate.windows_from_tags({"edge.training_window": "2026-11-24/2026-12-01"}) == expected
+    assert gate.windows_from_tags({"edge.training_window": "none"}) is None
+    assert gate.windows_from_document({}) is None

@@ -140,3 +140,28 @@ def test_metrics_json_document_shape_from_the_training_job():
     assert "metric.schema_version" not in tags and "metric.training_seconds" not in tags
     assert tags["edge.training_data_fingerprint"] == "sha256:vm-read"
     assert tags["edge.data_fingerprint"] == "sha256:0f1e"
+
+
+def test_windows_identity_and_rule_are_tagged():
+    from edge_training.champion import PROMOTION_RULE
+    from edge_training.lineage import training_identity
+
+    document = {"metrics": {"roc_auc": 0.9}, "data_fingerprint": "sha256:d",
+                "window": {"start": "2026-11-13", "end": "2026-11-20"},
+                "train_window": {"start": "2026-11-13", "end": "2026-11-19"},
+                "holdout_window": {"start": "2026-11-19", "end": "2026-11-20"},
+                "model": {"params": {"n_estimators": 20}, "seed": 0}}
+    training = {**TRAINING, "metrics": document}
+    tags = _tags(training=training, decision=decide_promotion({"roc_auc": 0.9}, None))
+    assert tags["edge.train_window"] == "2026-11-13/2026-11-19"
+    assert tags["edge.holdout_window"] == "2026-11-19/2026-11-20"
+    assert tags["champion.rule"] == PROMOTION_RULE and len(PROMOTION_RULE) <= MAX_TAG_VALUE_LENGTH
+    identity = tags["edge.training_identity"]
+    assert identity.startswith("sha256:") and identity == training_identity(training)
+    # Any input that changes the model changes the identity; nothing else does.
+    assert training_identity({**training, "job_id": "another-job", "training_seconds": 99}) == identity
+    for changed in ({"data_fingerprint": "sha256:e"}, {"model": {"params": {"n_estimators": 21}, "seed": 0}},
+                    {"model": {"params": {"n_estimators": 20}, "seed": 1}}):
+        assert training_identity({**training, "metrics": {**document, **changed}}) != identity
+    assert training_identity({**training, "code_version": "git:other"}) != identity
+    assert training_identity({**training, "code_version": None}) is None  # unknown code: never "identical"
