@@ -79,7 +79,7 @@ def compute(blob_connection_string: str, datastores: dict[str, str]):
     return run
 
 
-def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack):
+def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack, monkeypatch, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
     outputs = f"it-aml-models-{uuid.uuid4().hex[:8]}"
@@ -98,6 +98,7 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack):
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         result = pipeline._result(done.returncode, done.stdout + done.stderr)
+        attached = _attach_a_file(fake, monkeypatch, env, tmp_path, pipeline.model_name, result)
 
     assert result.states.get("register_model") == "success", result.log[-6000:]
     assert result.states["validate_data"] == result.states["check_edge_vm"] == "success"
@@ -126,6 +127,36 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack):
                                                    "blobs": len(validation["manifest"])}  # fmt: skip
     assert tags["edge.training_data_fingerprint"] == tags["edge.data_fingerprint"]
     assert registered["promoted"] and tags["champion"] == "true"
+    assert tags["champion.decision"] == "promoted_no_champion" and tags["champion.rule"].startswith("compared only")
+    # The champion is promotion record 1 of the companion model, naming the version.
+    record = fake.models[f"{pipeline.model_name}-champion"]["1"]["properties"]
+    assert record["tags"]["edge.champion_version"] == registered["version"] and record["modelUri"] == trained["model_uri"]
+
+    # A file attached to the version lands beside the job outputs in Stack Hub storage, named by a version tag.
+    uri, blob, data = attached
+    assert tags["edge.attachment.model_card.html"] == blob and blob.startswith(f"{outputs}/")
+    assert data == b"<html>card</html>" and uri.endswith(blob.split("/", 1)[1])
+
+
+def _attach_a_file(fake, monkeypatch, env, tmp_path, model_name, result):
+    """Attach a file to the registered version in-process, with the registry pointed at the fake."""
+    from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+    from edge_training.hooks.azureml import AzureMLHook
+    from edge_training.registry import get_model_registry
+
+    for name in ("AIRFLOW_CONN_AZUREML_DEFAULT", "AIRFLOW_CONN_EDGE_BLOB", "EDGE_AZUREML_OUTPUT_CONTAINER"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setattr(AzureMLHook, "transport", fake.transport())
+    monkeypatch.setattr(AzureMLHook, "get_credential", lambda self, conn=None: fake.credential)
+    version = result.value("register_model")["version"]
+    card = tmp_path / "model_card.html"
+    card.write_text("<html>card</html>")
+    uri = get_model_registry("azureml").attach_file(model_name, version, card)
+    blob = fake.models[model_name][version]["properties"]["tags"]["edge.attachment.model_card.html"]
+    container, name = blob.split("/", 1)
+    data = WasbHook(wasb_conn_id="edge_blob").get_conn().get_blob_client(container, name).download_blob().readall()
+    return uri, blob, data
 
 
 LIVE_ENV = ("AZUREML_LIVE_SUBSCRIPTION_ID", "AZUREML_LIVE_RESOURCE_GROUP", "AZUREML_LIVE_WORKSPACE")

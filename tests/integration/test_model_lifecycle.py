@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,13 +117,85 @@ def test_an_identical_retrain_reuses_its_version(mlflow_env, onnx_dir):
     assert _register_model(_training(onnx_dir, "job-c", other, "1"), "manual__c")["version"] == "2"
 
 
-@pytest.mark.parametrize("lock", ["file", "lease"])
-def test_two_registrations_at_once_leave_exactly_one_champion(mlflow_env, onnx_dir, monkeypatch, lock):
-    """Each round: two candidates trained against the same champion register and promote at the same moment.
+def _widen_the_race(barrier, patch=setattr) -> None:
+    """In this process: wait for the other promoter after the first champion read, and pause before moving the alias.
 
-    The first round registers both for real (model logged, version created); later rounds create the versions
-    directly (same files), so the bounded loop of interleavings stays cheap.
+    The pause widens the gap between the re-read and the move: without the lock both promotions would pass the
+    re-read and both move the alias (checked by hand with ``champion_lock`` replaced by a no-op).
     """
+    from mlflow import MlflowClient
+
+    read, set_alias = MLflowModelRegistry.get_champion, MlflowClient.set_registered_model_alias
+    state = threading.local()
+
+    def read_together(self, name):
+        found = read(self, name)
+        if not getattr(state, "done", False):
+            state.done = True
+            barrier.wait()  # both decided against the same champion
+        return found
+
+    patch(MLflowModelRegistry, "get_champion", read_together)
+    patch(MlflowClient, "set_registered_model_alias", lambda self, *a, **k: (time.sleep(0.05), set_alias(self, *a, **k))[1])
+
+
+def _registration_task(uri: str, artifacts: str, training: dict, barrier, results) -> None:
+    """What register_model does, in a process of its own (as two Airflow task processes would)."""
+    try:
+        _widen_the_race(barrier)
+        registry = MLflowModelRegistry(uri, artifacts)
+        job = training["job_id"]
+        version = registry.register(MODEL, Path(training["artifacts_dir"]), job,
+                                    lineage_tags("d", job, None, None, {}, training))
+        decision = settle_champion(registry, MODEL, version, training, metric="roc_auc", margin=0.0, force=False,
+                                   decided_by=job)[0]
+        results.put((version.version, decision.outcome, None))
+    except BaseException as exc:  # reported to the parent
+        results.put((None, None, f"{type(exc).__name__}: {exc}"))
+
+
+def _seed_champion(registry: MLflowModelRegistry, onnx_dir: Path, end: date) -> None:
+    seed = _training(onnx_dir, "job-0", _document(end, 0.6, None, "sha256:0"), None)
+    registry.register(MODEL, Path(seed["artifacts_dir"]), "job-0", lineage_tags("d", "r0", None, None, {}, seed))
+    registry.promote(MODEL, "1", expected=None)
+
+
+def _assert_one_winner(registry: MLflowModelRegistry, champion: str, results: list[tuple[str, str]]) -> None:
+    assert sorted(outcome for _, outcome in results) == ["not_compared_champion_changed", "promoted"], results
+    [winner] = [v for v, outcome in results if outcome == "promoted"]
+    [loser] = [v for v, outcome in results if outcome != "promoted"]
+    assert registry.get_champion(MODEL).version == winner
+    reason = registry.get_version(MODEL, loser).tags["champion.reason"]
+    assert f"champion is now version {winner}" in reason and f"scored version {champion}" in reason
+
+
+def test_two_registration_tasks_at_once_leave_exactly_one_champion(mlflow_env, onnx_dir):
+    """Two processes register a model each and promote it, having read the same champion: one wins."""
+    import multiprocessing
+
+    registry = mlflow_env
+    base = date(2026, 11, 1)
+    _seed_champion(registry, onnx_dir, base)
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2, timeout=120), spawn.Queue()
+    trainings = [_training(onnx_dir, f"job-{s}", _document(base + timedelta(days=1), 0.9, 0.6, f"sha256:{s}"), "1")
+                 for s in "ab"]
+    workers = [spawn.Process(target=_registration_task,
+                             args=(registry.tracking_uri, str(registry.artifacts_dir), t, barrier, results))
+               for t in trainings]
+    for w in workers:
+        w.start()
+    done = [results.get(timeout=240) for _ in workers]
+    for w in workers:
+        w.join(60)
+    assert not [error for *_, error in done if error], done
+    _assert_one_winner(registry, "1", [(v, outcome) for v, outcome, _ in done])
+    assert len(registry.list_versions(MODEL)) == 3
+
+
+@pytest.mark.parametrize("lock", ["file", "lease"])
+def test_many_interleavings_of_two_promotions_leave_exactly_one_champion(mlflow_env, onnx_dir, monkeypatch, lock):
+    """A bounded loop of rounds: two candidates that read the same champion promote at once, in varying order."""
     registry = mlflow_env
     if lock == "lease":
         # The tracking-server lock (a lease the store grants atomically), exercised on the same real store.
@@ -131,68 +204,48 @@ def test_two_registrations_at_once_leave_exactly_one_champion(mlflow_env, onnx_d
         monkeypatch.setattr(MLflowModelRegistry, "champion_lock",
                             lambda self, name: locks.mlflow_lease(self.client, name))
     base = date(2026, 11, 1)
-    seed = _training(onnx_dir, "job-0", _document(base, 0.6, None, "sha256:0"), None)
-    registry.register(MODEL, Path(seed["artifacts_dir"]), "job-0", lineage_tags("d", "r0", None, None, {}, seed))
-    registry.promote(MODEL, "1", expected=None)
+    _seed_champion(registry, onnx_dir, base)
+    source = registry.get_version(MODEL, "1").source
     rng = random.Random(11)
-    original = MLflowModelRegistry.get_champion
-    # Widen the gap between re-reading the alias and moving it: without the lock both promotions would pass the
-    # re-read and both move the alias (checked by hand with champion_lock replaced by a no-op).
     from mlflow import MlflowClient
 
-    set_alias = MlflowClient.set_registered_model_alias
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias",
-                        lambda self, *a, **k: (threading.Event().wait(0.05), set_alias(self, *a, **k))[1])
-
-    source = registry.get_version(MODEL, "1").source
-    rounds = 8
+    original_read, original_set = MLflowModelRegistry.get_champion, MlflowClient.set_registered_model_alias
+    rounds = 6
     for round_no in range(1, rounds + 1):
-        champion = original(registry, MODEL).version
-        barrier = threading.Barrier(2, timeout=60)
-        first_read = threading.local()
-
-        def read_together(self, name, _barrier=barrier, _local=first_read):
-            found = original(self, name)
-            if not getattr(_local, "done", False):
-                _local.done = True
-                _barrier.wait()  # both decided against the same champion
-                threading.Event().wait(rng.random() * 0.03)  # then race to promote in varying order
-            return found
-
-        monkeypatch.setattr(MLflowModelRegistry, "get_champion", read_together)
-        decisions: dict[str, object] = {}
+        monkeypatch.setattr(MLflowModelRegistry, "get_champion", original_read)
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original_set)
+        champion = registry.get_champion(MODEL).version
+        _widen_the_race(threading.Barrier(2, timeout=60), monkeypatch.setattr)
+        jitter = {s: rng.random() * 0.03 for s in "ab"}
+        results: list[tuple[str, str]] = []
         errors: list[BaseException] = []
 
-        def register_and_promote(job: str) -> None:
+        def promote(suffix: str) -> None:
             try:
                 mine = MLflowModelRegistry(registry.tracking_uri, registry.artifacts_dir)  # like another worker
-                end = base + timedelta(days=round_no)
-                training = _training(onnx_dir, job, _document(end, 0.9, 0.6, f"sha256:{job}"), champion)
-                tags = lineage_tags("d", job, None, None, {}, training)
-                if round_no == 1:
-                    version = mine.register(MODEL, Path(training["artifacts_dir"]), job, tags)
-                else:
-                    created = mine.client.create_model_version(MODEL, source=source, tags=tags)
-                    version = mine.get_version(MODEL, str(created.version))
-                decisions[job] = (version.version, settle_champion(
-                    mine, MODEL, version, training, metric="roc_auc", margin=0.0, force=False, decided_by=job)[0])
+                job = f"job-{round_no}{suffix}"
+                training = _training(onnx_dir, job, _document(base + timedelta(days=round_no), 0.9, 0.6,
+                                                              f"sha256:{job}"), champion)
+                # The version is created directly (same files) to keep the loop cheap; registering for real
+                # in threads would share MLflow's process-wide fluent state.
+                created = mine.client.create_model_version(MODEL, source=source,
+                                                           tags=lineage_tags("d", job, None, None, {}, training))
+                version = mine.get_version(MODEL, str(created.version))
+                time.sleep(jitter[suffix])
+                decision = settle_champion(mine, MODEL, version, training, metric="roc_auc", margin=0.0,
+                                           force=False, decided_by=job)[0]
+                results.append((version.version, decision.outcome))
             except BaseException as exc:  # surfaced by the assertion below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=register_and_promote, args=(f"job-{round_no}{s}",)) for s in "ab"]
+        threads = [threading.Thread(target=promote, args=(s,)) for s in "ab"]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
-        monkeypatch.setattr(MLflowModelRegistry, "get_champion", original)
+        monkeypatch.setattr(MLflowModelRegistry, "get_champion", original_read)
         assert not errors, errors
-        outcomes = sorted(d.outcome for _, d in decisions.values())
-        assert outcomes == ["not_compared_champion_changed", "promoted"], (round_no, decisions)
-        [winner] = [v for v, d in decisions.values() if d.promote]
-        [loser] = [v for v, d in decisions.values() if not d.promote]
-        assert original(registry, MODEL).version == winner
-        reason = registry.get_version(MODEL, loser).tags["champion.reason"]
-        assert f"champion is now version {winner}" in reason and f"scored version {champion}" in reason
+        _assert_one_winner(registry, champion, results)
     assert len(registry.list_versions(MODEL)) == 1 + 2 * rounds
     assert not registry.client.search_registered_models(f"name = '{MODEL}.champion-lease'")
 
