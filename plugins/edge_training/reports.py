@@ -49,6 +49,11 @@ def data_docs_url(dag_id: str, run_id: str, base: str = "") -> str:
     return _url("data-docs", safe_part(dag_id), safe_part(run_id), DATA_DOCS_INDEX, base=base)
 
 
+def run_report_url(dag_id: str, run_id: str, name: str, base: str = "") -> str:
+    """URL of another report file kept in a run's folder (e.g. ``drift_report.html`` beside the Data Docs)."""
+    return _url("data-docs", safe_part(dag_id), safe_part(run_id), name, base=base)
+
+
 def model_card_url(model_name: str, version: str, base: str = "") -> str:
     """URL of a version's ``model_card.html`` on the api-server."""
     return _url("model-cards", safe_part(model_name), safe_part(version), "model_card.html", base=base)

@@ -56,12 +56,15 @@ def _run_check(pipeline, *shift: str) -> dict:
         xcom = {t: json.loads(v) for t, v in db.execute(
             "SELECT task_id, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
             (DRIFT_DAG, run_id))}
+        links = [json.loads(v) for (v,) in db.execute(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'check_drift' "
+            "AND key != 'return_value'", (DRIFT_DAG, run_id))]
         events = [json.loads(extra or "{}") for (extra,) in db.execute(
             "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ? "
             "AND e.source_dag_id = ? AND e.source_run_id = ?", (f"%{DRIFT_URI_SUFFIX}", DRIFT_DAG, run_id))]
     report = (xcom.get("check_drift") or {}).get("report")
     return {"returncode": done.returncode, "log": done.stdout + done.stderr, "states": states, "xcom": xcom,
-            "events": events, "report": Path(report).read_text() if report else None, "day_texts": day_texts}
+            "events": events, "links": links, "report": Path(report).read_text() if report else None, "day_texts": day_texts}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,8 @@ def test_a_shifted_day_is_reported_on_its_feature_and_starts_a_training_run(pipe
     report = shifted_check["report"]
     assert "DRIFT in temperature_c" in report
     assert "<script" not in report and "http" not in report.replace("http://www.w3.org/2000/svg", "")
+    # The task's "Drift report" link: the api-server serves the file from the run's report folder.
+    assert [link for link in shifted_check["links"] if str(link).endswith("/drift_report.html")], shifted_check["links"]
     [event] = shifted_check["events"]
     assert event["drifted_features"] == ["temperature_c"] and "temperature_c" in event["reason"]
     assert event["report"] == summary["report"]

@@ -11,7 +11,8 @@ from airflow.sdk import BaseOperator
 
 from edge_training import config
 from edge_training.exceptions import EdgeTrainingError
-from edge_training.operators.validate import docs_dir_for_run
+from edge_training.operators.links import DriftReportLink, record_drift_report_link
+from edge_training.reports import docs_dir_for_run
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,7 +34,8 @@ class DriftCheckOperator(BaseOperator):
     ``edge.dag_run_id``). Per feature: population stability index, Jensen-Shannon distance and normalized
     Wasserstein distance against thresholds (fixed, or calibrated on the training window's day-to-day variation).
 
-    Writes a self-contained HTML report to ``reports_dir/<dag_id>/<run_id>/drift_report.html`` and returns a short
+    Writes a self-contained HTML report to ``reports_dir/<dag_id>/<run_id>/drift_report.html`` (the task's "Drift
+    report" link, served by the api-server beside the run's Data Docs) and returns a short
     summary for XCom: ``drifted``, ``drifted_features``, ``reason``, the metrics per feature, ``champion_version``,
     ``partitions`` and ``report``. Profiles and metrics are aggregates: no row, no value of the data.
 
@@ -48,6 +50,7 @@ class DriftCheckOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("current", "model_name", "reports_dir")
     ui_color = "#fff4e0"
+    operator_extra_links = (DriftReportLink(),)
 
     def __init__(
         self,
@@ -110,6 +113,7 @@ class DriftCheckOperator(BaseOperator):
             ),
             encoding="utf-8",
         )
+        record_drift_report_link(self, self.dag_id, context["run_id"], DRIFT_REPORT_FILE)
         summary = {
             **result.summary(str(partitions)),
             "champion_version": champion.version,

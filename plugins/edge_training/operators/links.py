@@ -46,6 +46,19 @@ class DataDocsLink(BaseOperatorLink):
         return reports.data_docs_url(ti_key.dag_id, ti_key.run_id, ui_base_path())
 
 
+class DriftReportLink(_ProducedLink):
+    """The drift check's report (when a reference was there to compare with)."""
+
+    name = "Drift report"
+
+
+def record_drift_report_link(operator: Any, dag_id: str, run_id: str, name: str) -> None:
+    """Remember the URL of the drift report ``name`` in the run's report folder on ``operator``."""
+    links = dict(getattr(operator, "produced_links", None) or {})
+    links[DriftReportLink.name] = reports.run_report_url(dag_id, run_id, name, ui_base_path())
+    operator.produced_links = links
+
+
 class ModelCardLink(_ProducedLink):
     """The registered version's model card."""
 
