@@ -1,7 +1,7 @@
-"""Airflow plugin: the pipeline's reports (Data Docs, model cards) served by the api-server at ``/edge-training/``,
-behind Airflow's own login.
+"""Airflow plugin: the pipeline's reports (Data Docs, model cards, model-version and image pages) served by the
+api-server at ``/edge-training/``, behind Airflow's own login.
 
-The operators' extra links (the "Data Docs" of validate_data) point here; see
+The operators' extra links ("Data Docs", "Model card", "Model version", "Image") point here; see
 ``edge_training.reports_app``. Only this file is loaded as a plugin (``plugins/.airflowignore`` keeps Airflow's
 plugin loader out of the ``edge_training`` package, which components import as a normal package).
 """

@@ -4,7 +4,7 @@
 
 Prints one line per task state change while the run goes, then what a user wants to know: the run's state and
 data interval, each task's state, the validation summary and Data Docs path, the model version and its tags,
-the image reference (when the DAG builds one), the first error of a failed run, and the UI URL with how to log in.
+the model card's path and URL, the image reference (when the DAG builds one), the first error of a failed run, and the UI URL with how to log in.
 Everything comes from the REST API (XCom holds summaries only; no data row is printed). Exit 0 if the run succeeded.
 """
 
@@ -112,6 +112,10 @@ def print_summary(client: AirflowClient, run: dict) -> None:
         print(f"   {registered['decision']['reason']}")
         for key, value in sorted(registered["tags"].items()):
             print(f"   {key} = {value}")
+        if registered.get("model_card"):
+            # The file as build_image left it (rebuilt with the image), and where the api-server serves it.
+            print(f"\nmodel card: {registered['model_card']}")
+            print(f"   in the UI: {client.url}{registered['model_card_url']} (the register_model task's \"Model card\" link)")
     image = xcom("build_image")
     if image:
         smoke = image.get("smoke_test") or {}

@@ -1,19 +1,21 @@
-"""The reports app: serves Data Docs and model cards from the Airflow api-server.
+"""The reports app: serves Data Docs, model cards, model-version and image pages from the Airflow api-server.
 
 Mounted by the ``edge_training_reports`` plugin at :data:`edge_training.reports.URL_PREFIX`. Every request is
 authenticated the way Airflow's own UI and REST API are (``airflow.api_fastapi.core_api.security.get_user``: the
 UI's ``_token`` cookie, or an ``Authorization: Bearer`` token) and authorised by the configured auth manager as
 read access to the training DAG's runs. A browser without a session is sent to Airflow's login page and back.
 
-Files come only from under ``EDGE_REPORTS_DIR`` (no path may climb out of it).
+Files come only from under ``EDGE_REPORTS_DIR`` (no path may climb out of it); the model-version and image pages
+read the model registry (tags only: no data row is in them).
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from edge_training import reports
 
@@ -64,6 +66,28 @@ def _file(root: Path, relative: str, what: str) -> FileResponse:
     return FileResponse(found, headers=headers)
 
 
+def _page(title: str, rows: list[tuple[str, str]], links: list[tuple[str, str]]) -> HTMLResponse:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows)
+    nav = " · ".join(f'<a href="{html.escape(u, quote=True)}">{html.escape(t)}</a>' for t, u in links)
+    text = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:24px}td,th{border:1px solid #ccd;padding:3px 8px;"
+            "text-align:left;vertical-align:top}table{border-collapse:collapse}code{word-break:break-all}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1><p>{nav}</p><table>{body}</table></body></html>")
+    return HTMLResponse(text, headers={**_NO_STORE, "Content-Security-Policy": _CARD_CSP})
+
+
+def _version(model_name: str, version: str):
+    from edge_training.registry import get_model_registry
+
+    registry = get_model_registry()
+    found = registry.get_version(model_name, version)
+    if found is None:
+        raise HTTPException(404, f"Model {model_name!r} has no version {version!r} in the model registry "
+                                 f"({type(registry).__name__}).")
+    champion = registry.get_champion(model_name)
+    return found, champion is not None and str(champion.version) == str(found.version)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Edge training reports", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -83,5 +107,29 @@ def create_app() -> FastAPI:
         if name not in ("model_card.html", "model_card.json"):
             raise HTTPException(404, f"A model card is model_card.html or model_card.json, not {name!r}.")
         return _file(reports.model_card_dir(reports.reports_root(), model_name, version), name, "model card")
+
+    @app.get("/model-versions/{model_name}/{version}", dependencies=[Depends(authorised_user)])
+    def model_version(model_name: str, version: str) -> HTMLResponse:
+        found, is_champion = _version(model_name, version)
+        rows = [("version", found.version), ("uri", found.uri), ("source", found.source),
+                ("aliases", "champion" if is_champion else "none")]
+        rows += sorted(found.tags.items())
+        links = [("Model card", reports.model_card_url(model_name, version))]
+        if found.tags.get("image.reference"):
+            links.append(("Image", reports.image_url(model_name, version)))
+        return _page(f"Model {model_name} version {found.version}", rows, links)
+
+    @app.get("/images/{model_name}/{version}", dependencies=[Depends(authorised_user)])
+    def image(model_name: str, version: str) -> HTMLResponse:
+        found, _ = _version(model_name, version)
+        reference = found.tags.get("image.reference")
+        if not reference:
+            raise HTTPException(404, f"Model {model_name!r} version {version!r} has no scoring image yet (no "
+                                     "image.reference tag): build_image has not succeeded for it.")
+        rows = [("reference", reference), ("digest", found.tags.get("image.digest", "n/a")),
+                ("pull", f"buildah pull {reference}")]
+        links = [("Model version", reports.model_version_url(model_name, version)),
+                 ("Model card", reports.model_card_url(model_name, version))]
+        return _page(f"Scoring image of {model_name} version {version}", rows, links)
 
     return app

@@ -25,6 +25,7 @@ from edge_training.image_context import (
     smoke_rows,
     split_reference,
 )
+from edge_training.operators.links import ImageLink, record_version_links, ui_base_path
 from edge_training.operators.register import _as_dict, parse_flag
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ class BuildScoringImageOperator(BaseOperator):
     """
     Build the scoring image for a registered model version, smoke-test it, push it as ``<registry>/<model>:<version>``
     and record its digest on the model version (tags ``image.reference`` = ``<registry>/<model>:<version>@sha256:…``
-    and ``image.digest``).
+    and ``image.digest``), then rebuild the version's model card with them. The task's "Image" extra link opens the
+    image's page on the api-server.
 
     Retry-safe: when the tag already holds an image built from exactly the same content (model file, serving app,
     wheels, base image; label ``io.edge-training.content-key``), nothing is rebuilt or pushed and the existing digest
@@ -83,6 +85,7 @@ class BuildScoringImageOperator(BaseOperator):
 
     template_fields = ("registered", "skip")
     ui_color = "#e8eef8"
+    operator_extra_links = (ImageLink(),)
 
     def __init__(
         self,
@@ -162,6 +165,8 @@ class BuildScoringImageOperator(BaseOperator):
         tags = model_version_tags(reference, digest)
         self.model_registry.set_tags(model_name, version, tags)
         self.log.info("image: %s", tags["image.reference"])
+        record_version_links(self, model_name, version, image=True)
+        self._update_card(model_name, version)
         return {
             "image": tags["image.reference"],
             "reference": reference,
@@ -169,6 +174,14 @@ class BuildScoringImageOperator(BaseOperator):
             "reused": smoke.get("passed") is None,
             "smoke_test": smoke,
         }
+
+    def _update_card(self, model_name: str, version: str) -> None:
+        """Rebuild the version's model card now that it has an image reference and digest."""
+        from edge_training.model_card_store import publish_model_card
+        from edge_training.reports import reports_root
+
+        publish_model_card(self.model_registry, model_name, version, reports_dir=reports_root(),
+                           base_url=ui_base_path())
 
     def _already_pushed(self, repository: str, tag: str, content_key: str) -> str | None:
         found = self.hook.manifest(repository, tag)

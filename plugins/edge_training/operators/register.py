@@ -13,11 +13,14 @@ from airflow.sdk import BaseOperator
 from edge_training import config
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.lineage import lineage_tags, training_identity
+from edge_training.model_card_store import CARD_URL_TAG, publish_model_card
+from edge_training.operators.links import ModelCardLink, ModelVersionLink, record_version_links, ui_base_path
 from edge_training.promotion import find_identical, settle_champion
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from edge_training.model_card_store import PublishedCard
     from edge_training.registry import ModelRegistry
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -75,7 +78,12 @@ class RegisterModelOperator(BaseOperator):
     An identical re-train (same data fingerprint, code version, hyperparameters, seed and windows) registers no
     copy: the existing version is reused (tagged ``edge.reused_by``) and goes through the gate again.
 
-    Returns ``{"model_name", "version", "uri", "promoted", "decision", "previous_champion", "reused", "tags"}``.
+    Then writes the version's model card (``model_card.html`` + ``model_card.json``, see
+    :mod:`edge_training.model_card_store`); the task's "Model card" and "Model version" extra links open it and the
+    version's page on the api-server.
+
+    Returns ``{"model_name", "version", "model_card", "model_card_url", "uri", "promoted", "decision",
+    "previous_champion", "reused", "tags"}``.
 
     :param model_name: Registered model name.
     :param training: The training task's result (XComArg or dict): ``job_id``, ``artifacts_dir`` (with
@@ -91,6 +99,7 @@ class RegisterModelOperator(BaseOperator):
 
     template_fields = ("model_name", "training", "validation", "force_promote")
     ui_color = "#e8f4e8"
+    operator_extra_links = (ModelCardLink(), ModelVersionLink())
 
     def __init__(
         self,
@@ -181,13 +190,27 @@ class RegisterModelOperator(BaseOperator):
             "PROMOTED" if decision.promote else "not promoted",
             decision.reason,
         )
+        card = self._publish_card(version.version, training.get("metrics"))
         return {
             "model_name": self.model_name,
             "version": version.version,
+            "model_card": str(card.path),
+            "model_card_url": card.url,
             "uri": version.uri,
             "promoted": decision.promote,
             "decision": dataclasses.asdict(decision),
             "previous_champion": previous,
             "reused": reused,
-            "tags": {**(version.tags if reused else tags), **decided},
+            "tags": {**(version.tags if reused else tags), **decided, CARD_URL_TAG: card.url},
         }
+
+    def _publish_card(self, version: str, document: Any) -> PublishedCard:
+        """Write the version's model card (after the decision, which it shows) and point the extra links at it."""
+        from edge_training.reports import reports_root
+
+        # A document (possibly empty: a training result without metrics) is always given, so a card is always written.
+        record_version_links(self, self.model_name, version)
+        return publish_model_card(
+            self.registry, self.model_name, version, document=document if isinstance(document, dict) else {},
+            reports_dir=reports_root(), base_url=ui_base_path(),
+        )
