@@ -12,6 +12,7 @@ SQLite database or file store, or, for a tracking server, a lease that the serve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import contextmanager
