@@ -4,7 +4,8 @@ Reads what the registry knows (the version's tags, the champion, every version o
 with :func:`edge_training.model_card.build_model_card`, writes ``model_card.html`` / ``model_card.json`` (plus the
 training job's ``metrics.json``, so a later rebuild has the same inputs) to
 ``EDGE_REPORTS_DIR/model-cards/<model>/<version>/`` — where the api-server serves them — and attaches both card
-files to the version in the registry. The version's ``edge.model_card`` tag holds the card's URL.
+files to the version in the registry. The version's ``edge.model_card`` tag holds the card's URL, and its description
+links to it.
 
 Called by ``register_model`` (the card of a new version) and by ``build_image`` (again, with the image's
 reference and digest, which only exist then).
@@ -117,9 +118,18 @@ def publish_model_card(
     url = reports.model_card_url(model_name, version, base_url)
     if tags.get(CARD_URL_TAG) != url:
         registry.set_tags(model_name, version, {CARD_URL_TAG: url})
+    registry.set_description(model_name, version, card_description(tags, url))
     log.info("Model card of %s version %s: %s (%d bytes), served at %s", model_name, version, folder / CARD_HTML,
              len(card.html.encode()), url)
     return PublishedCard(folder / CARD_HTML, url, len(card.html.encode()))
+
+
+def card_description(tags: dict, url: str) -> str:
+    """The version's description in the registry: what it is, and where its model card is."""
+    job = tags.get("edge.training_job_id")
+    trained = f" trained by job {job}" if job and job != "none" else ""
+    return (f"Failure-prediction model (ONNX){trained} on the training window {tags.get('edge.training_window', 'n/a')}. "
+            f"Model card: {url} on the Airflow UI (model_card.html and model_card.json are attached to this version).")
 
 
 def _write(path: Path, content: bytes) -> None:

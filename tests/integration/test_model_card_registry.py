@@ -80,6 +80,7 @@ def test_each_version_gets_a_stored_card_linked_from_its_tags_and_task(monkeypat
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     mv = client.get_model_version(MODEL, "2")
     assert mv.tags[CARD_URL_TAG] == second["model_card_url"] == second["tags"][CARD_URL_TAG]
+    assert f"Model card: {second['model_card_url']}" in mv.description and "job-2" in mv.description
     attached = {a.path for a in client.list_artifacts(mv.run_id, "attachments")}
     assert attached == {"attachments/model_card.html", "attachments/model_card.json"}
     stored = Path(client.download_artifacts(mv.run_id, "attachments/model_card.html", str(tmp_path / "dl")))

@@ -227,6 +227,12 @@ class AzureMLModelRegistry:
             model.tags = {**(model.tags or {}), **{k: str(v) for k, v in tags.items()}}
             self.hook.client.models.create_or_update(model)
 
+    def set_description(self, model_name: str, version: str, description: str) -> None:
+        with self.hook.translate_errors(f"describe model {model_name} version {version}"):
+            model = self.hook.client.models.get(model_name, version=str(version))
+            model.description = description
+            self.hook.client.models.create_or_update(model)
+
     def promote(self, model_name: str, version: str, *, expected: str | None) -> None:
         from azure.ai.ml.entities import Model
 

@@ -90,6 +90,9 @@ class ModelRegistry(Protocol):
     def set_tags(self, model_name: str, version: str, tags: dict) -> None:
         """Set (add or overwrite) tags on a version."""
 
+    def set_description(self, model_name: str, version: str, description: str) -> None:
+        """Replace the version's description (the text the registry's UI shows first for it)."""
+
     def attach_file(self, model_name: str, version: str, path: Path) -> str:
         """Store a file (a report such as a model card) with a version; return where it is stored (a URI).
 

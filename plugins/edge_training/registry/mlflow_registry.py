@@ -308,6 +308,9 @@ class MLflowModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(model_name, str(version), key, str(value))
 
+    def set_description(self, model_name: str, version: str, description: str) -> None:
+        self.client.update_model_version(model_name, str(version), description=description)
+
     @contextmanager
     def champion_lock(self, model_name: str):
         """Serialise champion moves of ``model_name`` among every process using this store (see the module doc)."""
