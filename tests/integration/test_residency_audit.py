@@ -309,8 +309,8 @@ def image_material(edge_stack, audited_run, audit_env) -> list[tuple[str, str]]:
 
     pushed = [value for source, value in _xcom_material(audit_env) if source.endswith("/build_image.return_value")]
     assert pushed, "the audited run pushed no image"
-    reference = json.loads(pushed[0])["reference"]
-    repository, digest = reference.split("/", 1)[1].split("@")
+    image = json.loads(pushed[0])  # "reference": <registry>/<repository>:<version>, "digest": sha256:...
+    repository, digest = image["reference"].split("/", 1)[1].rsplit(":", 1)[0], image["digest"]
     headers = registry_basic_auth(edge_stack.registry_user, edge_stack.registry_password)
 
     def get(path: str, accept: str = "") -> bytes:
