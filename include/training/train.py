@@ -81,7 +81,9 @@ DEFAULT_PARAMS = {
     "min_samples_leaf": 5,
     # Failures are rare (a few %): without reweighting the forest never predicts one at the 0.5 threshold.
     "class_weight": "balanced_subsample",
-    "n_jobs": -1,
+    # The edge VM is shared (other jobs, the site's own services): a bounded share of its cores, never all of them.
+    # training_params may ask for 1..4 (plugins/edge_training/training_params.py).
+    "n_jobs": 2,
 }
 # random_state is --seed; the others would only change logging or incremental fitting, never the model asked for.
 RESERVED_PARAMS = {"random_state", "verbose", "warm_start"}
