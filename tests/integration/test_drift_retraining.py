@@ -99,6 +99,20 @@ def test_training_writes_the_reference_profile_of_its_window(first_run):
     assert (reference["features"]["temperature_c"]["lo"], reference["features"]["temperature_c"]["hi"]) == (-40, 150)
 
 
+def test_the_reference_profile_is_stored_with_the_model_version(pipeline, first_run, tmp_path):
+    from edge_training.drift import REFERENCE_PROFILE_FILE, read_profile
+    from edge_training.registry import MLflowModelRegistry
+
+    assert first_run.returncode == 0, first_run.log[-4000:]
+    env = pipeline.stack.airflow_env
+    registry = MLflowModelRegistry(env["MLFLOW_TRACKING_URI"], env["EDGE_MLFLOW_ARTIFACTS_DIR"])
+    champion = registry.get_champion(pipeline.model_name)
+    assert champion is not None and champion.version == first_run.value("register_model")["version"]
+    attached = registry.download_attachment(champion, REFERENCE_PROFILE_FILE, tmp_path)
+    assert read_profile(attached) == first_run.value("train_on_edge_vm")["reference_profile"]
+    assert registry.download_attachment(champion, "no-such-file.json", tmp_path / "other") is None
+
+
 def test_an_unshifted_day_starts_no_training(quiet_check):
     assert quiet_check["returncode"] == 0, quiet_check["log"][-4000:]
     summary = quiet_check["xcom"]["check_drift"]

@@ -30,8 +30,8 @@ class DriftCheckOperator(BaseOperator):
 
     The current profile is the one ``validate_data`` built while it streamed the partitions (no second read); the
     reference is the training window's profile ``train.py`` wrote next to the champion's ``model.onnx``, taken from
-    the training result of the ``edge_training`` run that registered the champion (lineage tag
-    ``edge.dag_run_id``). Per feature: population stability index, Jensen-Shannon distance and normalized
+    the registry (``register_model`` attaches it to the version), or from the training result of the
+    ``edge_training`` run that registered the champion (lineage tag ``edge.dag_run_id``). Per feature: population stability index, Jensen-Shannon distance and normalized
     Wasserstein distance against thresholds (fixed, or calibrated on the training window's day-to-day variation).
 
     Writes a self-contained HTML report to ``reports_dir/<dag_id>/<run_id>/drift_report.html`` (the task's "Drift
@@ -129,7 +129,16 @@ class DriftCheckOperator(BaseOperator):
         return {"drifted": False, "drifted_features": [], "reason": reason, "partitions": partitions, "report": None}
 
     def _reference_profile(self, context: Context, champion: RegisteredModelVersion) -> dict | None:
-        """The champion's reference profile, carried in the training result of the run that registered it."""
+        """The champion's reference profile: attached to the version in the registry, or (for a version registered
+        before profiles were attached) carried in the training result of the run that registered it."""
+        import tempfile
+
+        from edge_training.drift import REFERENCE_PROFILE_FILE, read_profile
+
+        with tempfile.TemporaryDirectory(prefix="edge-reference-") as tmp:
+            attached = self.registry.download_attachment(champion, REFERENCE_PROFILE_FILE, Path(tmp))
+            if attached is not None:
+                return read_profile(attached)
         run_id = champion.tags.get("edge.dag_run_id")
         if not run_id:
             return None

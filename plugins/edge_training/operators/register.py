@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from edge_training import config
+from edge_training.drift import REFERENCE_PROFILE_FILE
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.lineage import lineage_tags, training_identity
 from edge_training.model_card_store import CARD_URL_TAG, publish_model_card
@@ -168,6 +169,11 @@ class RegisterModelOperator(BaseOperator):
             registry.set_tags(self.model_name, version.version, {"edge.reused_by": run_id})
         else:
             version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
+            reference = Path(training["artifacts_dir"]) / REFERENCE_PROFILE_FILE
+            if reference.is_file():
+                # The training window's data profile, what edge_drift_check measures drift against: kept with the
+                # version it describes (attaching again on a retry replaces it).
+                registry.attach_file(self.model_name, version.version, reference)
 
         decision, previous, decided = settle_champion(
             registry,

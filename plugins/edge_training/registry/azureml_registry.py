@@ -291,6 +291,24 @@ class AzureMLModelRegistry:
         self.set_tags(model_name, version, {ATTACHMENT_TAG_PREFIX + path.name: f"{self.output_container}/{blob}"})
         return client.url.split("?", 1)[0]
 
+    def download_attachment(self, version: RegisteredModelVersion, name: str, dest_dir: Path) -> Path | None:
+        """Copy the blob the tag ``edge.attachment.<name>`` names into ``dest_dir``; None without tag or blob."""
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+        from azure.core.exceptions import ResourceNotFoundError
+
+        where = version.tags.get(ATTACHMENT_TAG_PREFIX + name)
+        if not where:
+            return None
+        container, blob = where.split("/", 1)
+        client = WasbHook(wasb_conn_id=self.wasb_conn_id).get_conn().get_blob_client(container, blob)
+        target = Path(dest_dir) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.write_bytes(client.download_blob().readall())
+        except ResourceNotFoundError:
+            return None
+        return target
+
     def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
         """Copy the version's model.onnx into ``dest_dir``: from the Stack Hub output datastore for a model an
         Azure ML job trained, else through the workspace (azure-ai-ml download)."""

@@ -99,6 +99,9 @@ class ModelRegistry(Protocol):
         Attaching a file of the same name again replaces it.
         """
 
+    def download_attachment(self, version: RegisteredModelVersion, name: str, dest_dir: Path) -> Path | None:
+        """Copy the file ``name`` attached to the version (:meth:`attach_file`) into ``dest_dir``; None if it has none."""
+
     def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
         """Download the version's ONNX file into ``dest_dir`` and return its path.
 

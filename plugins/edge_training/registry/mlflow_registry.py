@@ -352,6 +352,23 @@ class MLflowModelRegistry:
         artifact_uri = self.client.get_run(mv.run_id).info.artifact_uri.rstrip("/")
         return f"{artifact_uri}/attachments/{path.name}"
 
+    def download_attachment(self, version: RegisteredModelVersion, name: str, dest_dir: Path) -> Path | None:
+        """Download ``attachments/<name>`` of the version's MLflow run into ``dest_dir``; None if it is not there."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        mv = self.client.get_model_version(version.name, str(version.version))
+        if not mv.run_id:
+            return None
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id, artifact_path=f"attachments/{name}", dst_path=str(dest_dir),
+                tracking_uri=self.tracking_uri,
+            )
+        except (MlflowException, OSError):
+            return None
+        return Path(local)
+
     def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
         """Download a version's MLflow model folder into ``dest_dir``; return the ONNX file inside it.
 
