@@ -12,7 +12,6 @@ Metric names follow Azure ML model monitoring: ``population_stability_index``, `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -21,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_training import config
+from edge_training.shipped import training_module
 
-_spec = importlib.util.spec_from_file_location("edge_data_profile", config.INCLUDE_DIR / "training" / "data_profile.py")
-assert _spec is not None and _spec.loader is not None
-data_profile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(data_profile)
+data_profile = training_module("data_profile")
 
 ProfileAccumulator = data_profile.ProfileAccumulator
 grid_from_suite = data_profile.grid_from_suite

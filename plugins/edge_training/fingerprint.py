@@ -6,15 +6,11 @@ from there keeps one rule and one fingerprint scheme for validation (here) and t
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable
 
-from edge_training import config
+from edge_training.shipped import training_module
 
-_spec = importlib.util.spec_from_file_location("edge_blob_manifest", config.INCLUDE_DIR / "training" / "blob_manifest.py")
-assert _spec is not None and _spec.loader is not None
-blob_manifest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(blob_manifest)
+blob_manifest = training_module("blob_manifest")
 
 is_data_blob = blob_manifest.is_data_blob
 

@@ -6,14 +6,9 @@ there keeps one rule for both sides.
 
 from __future__ import annotations
 
-import importlib.util
+from edge_training.shipped import training_module
 
-from edge_training import config
-
-_spec = importlib.util.spec_from_file_location("edge_redact", config.INCLUDE_DIR / "training" / "redact.py")
-assert _spec is not None and _spec.loader is not None
-_redact = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_redact)
+_redact = training_module("redact")
 
 redact_url = _redact.redact_url
 redact_text = _redact.redact_text
