@@ -1,8 +1,8 @@
 """A real Airflow (``airflow standalone``: scheduler, dag-processor, api-server, triggerer) on the session's edge stack.
 
-* ``e2e_airflow`` (module): ``scripts.airflow_local.AirflowLocal`` started on a free port with AIRFLOW_HOME in the
-  edge stack's temporary state folder, the ``edge_vm`` pool (1 slot, deferred tasks count), short poll intervals,
-  3-day training windows, and an edge VM work dir of its own (so job counts belong to this session only; the
+* ``e2e_airflow`` (module): ``scripts.airflow_local.AirflowLocal`` started on a free port with an AIRFLOW_HOME of the
+  module's own (the edge stack's connections), the ``edge_vm`` pool (1 slot, deferred tasks count), short poll
+  intervals, 3-day training windows, and an edge VM work dir of its own (so job counts belong to this session only; the
   training venv, keyed by its requirements hash, is shared with the integration tests to skip a pip install).
   Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. Stopped (by pid) when the module is done,
   so it never runs beside another test module's Airflow.
@@ -84,8 +84,12 @@ def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
     vm_base.mkdir(mode=0o700)
     (vm_base / "envs").symlink_to(SHARED_ENVS)
 
+    # An Airflow home (metadata DB, logs) of this module's own: runs, tries and XCom of another module's Airflow on
+    # the same stack (its validated manifests, for one) must not be picked up here. The connections are the stack's.
+    state_dir = tmp_path_factory.mktemp("e2e-airflow-state")
+    (state_dir / "airflow.env").symlink_to(edge_stack.state_dir / "airflow.env")
     airflow = AirflowLocal(
-        edge_stack.state_dir,
+        state_dir,
         port=_free_port(),
         env={
             **settings,

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.integration
 DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".feather", ".arrow", ".orc", ".avro", ".json.gz", ".csv.gz")
 # A machine id near a reading timestamp: a data row, in any rendering (CSV, JSON record, DataFrame repr).
 ROW_PATTERN = re.compile(r"M-\d{4}.{0,40}?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}", re.DOTALL)
-# What a finished job leaves in its dir on the VM: its record, its script, its log, its outcome, and the manifest
-# of the blobs it trained (names, ETags, MD5s, sizes: no data).
-JOB_LEFTOVERS = {".started", "job.json", "run.sh", "pid", "exit_code", "train.log", "manifest.json"}
+# What a finished job leaves in its dir on the VM: its record, its script, its log, its outcome, how it ran (pid, boot
+# id, process start time) and the manifest of the blobs it trained (names, ETags, MD5s, sizes: no data).
+JOB_LEFTOVERS = {
+    ".started", "job.json", "run.sh", "pid", "pid_start", "boot_id", "exit_code", "train.log", "manifest.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,18 @@ def test_the_vm_keeps_only_code_env_and_logs(first_run, vm_work_dir, signatures)
     assert sources == len(files) and not findings, "\n".join(map(str, findings[:5]))
 
 
+def synthetic_example(onnx_path: Path) -> list[list[float]]:
+    """The smoke test's first two synthetic rows in the model's feature order, as float32 (what MLflow stores)."""
+    import numpy as np
+    import onnx
+
+    from edge_training.image_context import smoke_rows
+
+    features = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["features"])
+    rows = [[row[f] for f in features] for row in smoke_rows(features, count=2)]
+    return np.array(rows, dtype=np.float32).tolist()
+
+
 def test_the_registered_model_artifacts_hold_no_training_rows(pipeline, first_run, signatures):
     from edge_training.registry import MLflowModelRegistry
 
@@ -84,8 +98,10 @@ def test_the_registered_model_artifacts_hold_no_training_rows(pipeline, first_ru
     files = [*files_under(model_dir), *files_under(run_artifacts)]
     names = {Path(src).name for src, _ in files}
     assert {"model.onnx", "MLmodel", "metrics.json"} <= names
-    # No input example (MLflow would store real rows there) and no data file of any kind.
-    assert not [n for n in names if "example" in n or n.lower().endswith(DATA_SUFFIXES)], names
+    # No data file of any kind, and the one example MLflow stores is the smoke test's synthetic rows, not training rows.
+    examples = {"input_example.json", "serving_input_example.json"}
+    assert not [n for n in names - examples if "example" in n or n.lower().endswith(DATA_SUFFIXES)], names
+    assert json.loads((model_dir / "input_example.json").read_text()) == synthetic_example(model_dir / "model.onnx")
     findings, _, _ = audit(files, signatures)
     assert not findings, "\n".join(map(str, findings[:5]))
 
