@@ -134,10 +134,6 @@ def run_child(child: str, mode: str, connection_string: str, chunk_rows: int, do
     return result
 
 
-def _measure(mode: str, connection_string: str, chunk_rows: int, docs_dir: str) -> dict:
-    return run_child(CHILD, mode, connection_string, chunk_rows, docs_dir)
-
-
 @contextmanager
 def readings(total_mb: float, workdir: Path) -> Iterator[str]:
     """The blob connection string of a stack holding the P2 readings: the running local stack's if
@@ -173,8 +169,8 @@ def main(argv=None) -> int:
     with readings(args.total_mb, workdir) as connection_string:
         raws, validations = [], []
         for round_ in range(1, args.rounds + 1):
-            raws.append(_measure("raw", connection_string, args.chunk_rows, str(workdir / "docs")))
-            validations.append(_measure("validate", connection_string, args.chunk_rows, str(workdir / "docs")))
+            raws.append(run_child(CHILD, "raw", connection_string, args.chunk_rows, str(workdir / "docs")))
+            validations.append(run_child(CHILD, "validate", connection_string, args.chunk_rows, str(workdir / "docs")))
             print(
                 f"round {round_}: raw {raws[-1]['wall_seconds']:.1f} s, validation "
                 f"{validations[-1]['wall_seconds']:.1f} s, peak RSS {validations[-1]['peak_rss_mb']:.0f} MB",

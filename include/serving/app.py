@@ -576,17 +576,17 @@ def create_app(model: Model, limits: Limits) -> Starlette:
                 ),
                 500,
             )
-        return answer(matrix, labels, proba)
+        return answer(labels, proba)
 
     async def invocations(request: Request) -> Response:
-        def answer(_, labels, proba):
+        def answer(labels, proba):
             return json_response({"predictions": {model.label_output: labels.tolist(),
                                                   model.proba_output: proba.tolist()}})  # fmt: skip
 
         return await score(request, parse_invocations, answer, _Errors.mlflow)
 
     async def predict(request: Request) -> Response:
-        def answer(_, labels, proba):
+        def answer(labels, proba):
             document = {"model": model.name, "version": model.version,
                         "probabilities": proba[:, 1].astype(np.float64).tolist(), "labels": labels.tolist()}  # fmt: skip
             return json_response(document, headers={"deprecation": "true",
@@ -612,7 +612,7 @@ def create_app(model: Model, limits: Limits) -> Starlette:
             matrix, parsed["id"], parsed["outputs"] = parse_v2_infer(body, model_, max_rows)
             return matrix
 
-        def answer(matrix, labels, proba):
+        def answer(labels, proba):
             tensors = {
                 model.label_output: {"name": model.label_output, "shape": [len(labels)], "datatype": "INT64",
                                      "data": labels.tolist()},
