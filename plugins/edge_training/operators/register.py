@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from edge_training import config
-from edge_training.drift import REFERENCE_PROFILE_FILE
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.lineage import lineage_tags, training_identity
-from edge_training.model_card_store import CARD_URL_TAG, publish_model_card
 from edge_training.operators.links import ModelCardLink, ModelVersionLink, record_version_links, ui_base_path
 from edge_training.promotion import find_identical, settle_champion
 
@@ -130,6 +128,10 @@ class RegisterModelOperator(BaseOperator):
         return get_model_registry(self.registry_backend)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # Run-time only, kept out of DAG parsing: the drift profile code and the model card builder.
+        from edge_training.drift import REFERENCE_PROFILE_FILE
+        from edge_training.model_card_store import CARD_URL_TAG
+
         training = _as_dict("training", self.training)
         validation = _as_dict("validation", self.validation)
         force = parse_flag("force_promote", self.force_promote)
@@ -212,6 +214,8 @@ class RegisterModelOperator(BaseOperator):
 
     def _publish_card(self, version: str, document: Any) -> PublishedCard:
         """Write the version's model card (after the decision, which it shows) and point the extra links at it."""
+        from edge_training.model_card_store import publish_model_card
+
         from edge_training.reports import reports_root
 
         # A document (possibly empty: a training result without metrics) is always given, so a card is always written.

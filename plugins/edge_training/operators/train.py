@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from edge_training import config, drift, remote_job
+from edge_training import config, remote_job
 from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError, EdgeVMUnreachableError
 from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 from edge_training.window import run_window
@@ -263,6 +263,8 @@ class EdgeVMTrainingOperator(BaseOperator):
             raise
 
     def _submit(self, context: Context, job: str) -> remote_job.JobStatus:
+        from edge_training import drift  # the profile code is run-time only: kept out of DAG parsing
+
         base = self._resolve_base()
         layout = remote_job.RemoteLayout(base)
         window = run_window(context, self.window_days, self.window_end)
@@ -420,6 +422,8 @@ class EdgeVMTrainingOperator(BaseOperator):
             self._close_hook()
 
     def _complete(self, event: dict[str, Any]) -> dict[str, Any]:
+        from edge_training import drift  # the profile code is run-time only: kept out of DAG parsing
+
         job = event["job_id"]
         self._job_id = job
         if event.get("unreachable"):
