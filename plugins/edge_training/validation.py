@@ -873,9 +873,11 @@ def validate_partitions(
             len(ignored), _listing(ignored),
         )
     with quiet_library_logs():
-        validator = _Validator(load_suite_json(suite_path), docs_dir)
+        suite = load_suite_json(suite_path)
+        # The profile grid is taken from the suite before Great Expectations builds its own suite from it.
+        profiles = _DayProfiles(suite) if profile_k is not None else None
+        validator = _Validator(suite, docs_dir)
         validation_id = uuid.uuid4().hex[:12]
-        profiles = _DayProfiles(load_suite_json(suite_path)) if profile_k is not None else None
         reports = _validate_sources(validator, sources, ignored, expected_days, chunk_rows, profiles)
         for report in reports:
             _store_for_docs(validator, report, validation_id)
