@@ -595,11 +595,7 @@ def load_window(source, days: list[dt.date], scratch: Path, manifest: dict | Non
 
 def window_profile(frame, grid_json: str, k: int) -> dict:
     """The training window's published data profile (``data_profile.py`` beside this file: counts, no rows)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("data_profile", Path(__file__).with_name("data_profile.py"))
-    data_profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(data_profile)
+    data_profile = _load_sibling("data_profile")
     try:
         grid = json.loads(grid_json)
         return data_profile.publish_by_day(frame, {f: grid[f] for f in FEATURES}, "day", k or data_profile.DEFAULT_K)
