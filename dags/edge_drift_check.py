@@ -83,7 +83,6 @@ def edge_drift_check():
 
     summary = check_drift.output
     drift_found(summary) >> announce_drift(summary)
-    validate_new_partition >> check_drift
 
 
 if check_retrain_policy() in ("drift", "both"):
