@@ -41,6 +41,11 @@ class ModelRegistryError(EdgeTrainingError):
     (a retry resumes it: registration is idempotent per run id)."""
 
 
+class ModelRegistryAuthError(ModelRegistryError):
+    """The MLflow server refused the credentials (401) or denied the action (403). Fix the user, its password or
+    its permissions."""
+
+
 class EdgeVMConfigError(EdgeTrainingError):
     """The edge VM connection is not safe to use as configured (e.g. no pinned host key). Fix the connection."""
 

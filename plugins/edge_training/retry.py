@@ -21,6 +21,7 @@ FAIL_AT_ONCE = {
     errors.AzureMLAuthError: "Azure ML refused the credentials or denied the action",
     errors.AzureMLWorkspaceNotFoundError: "the Azure ML workspace named by the connection does not exist",
     errors.ImageRegistryAuthError: "the image registry refused the credentials",
+    errors.ModelRegistryAuthError: "the MLflow server refused the credentials or denied the action",
     errors.RollbackRefusedError: "the rollback's version cannot be made the champion; nothing was changed",
 }
 

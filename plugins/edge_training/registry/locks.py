@@ -3,7 +3,8 @@
 * :func:`file_lock` - an exclusive ``flock`` on a file beside the registry's store (SQLite database or file
   store). Every process that can open the store can open the lock file; the kernel releases it when the holder
   dies, so a crashed promotion never blocks the next one.
-* :func:`mlflow_lease` - for an MLflow tracking server, whose store we cannot lock: creating a registered model
+* :func:`mlflow_lease` - for an MLflow tracking server, whose store we cannot lock (and which edge workers and
+  central workers on different hosts share over HTTP): creating a registered model
   is atomic on the server (its name is a unique key), so "create ``<model>.champion-lease``" grants the lease to
   exactly one caller; deleting it releases it. The lease records its owner and an expiry: a holder that died is
   taken over after ``ttl_s``, after re-reading that the expired owner is still the one recorded.
@@ -108,7 +109,7 @@ def mlflow_lease(
                 client.delete_registered_model(lease)
             else:
                 log.warning("Champion lease %s was taken over (now %s) before this promotion released it", lease, current)
-        except MlflowException as exc:
+        except (MlflowException, ModelRegistryError) as exc:  # incl. a server refusing the delete (403)
             log.warning("Could not release champion lease %s (%s); it expires by itself", lease, exc)
 
 

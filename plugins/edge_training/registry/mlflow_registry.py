@@ -1,7 +1,16 @@
 """MLflow model registry: the :class:`~edge_training.registry.base.ModelRegistry` interface on MLflow.
 
-The local stand-in for the Azure ML registry (SQLite store, local artifacts), and also usable with an MLflow
-tracking server. Registration is idempotent per ``run_id``: the key is stored as the ``edge.registration_key`` tag
+Two ways to reach it, chosen by the tracking URI:
+
+* a local store (``sqlite:///…`` or a folder): the all-in-one demo's stand-in for the Azure ML registry, with the
+  experiment's artifacts in a local folder (``EDGE_MLFLOW_ARTIFACTS_DIR``);
+* an MLflow tracking server (``http(s)://host:port``), which both the edge site and central Airflow reach over
+  HTTP: the server stores the runs and models and serves their files (proxied artifacts), so no worker needs a
+  shared disk. Credentials come from MLflow's own ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+  (basic auth), never from the URI; a refused login or a denied action is a :class:`ModelRegistryAuthError`
+  naming the server, the user and what to fix.
+
+Registration is idempotent per ``run_id``: the key is stored as the ``edge.registration_key`` tag
 on the version, and a version only counts as complete once the ``edge.registration_complete`` tag is set, which
 happens last. A retry after any failure resumes from what already exists instead of creating a second version.
 
@@ -21,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edge_training import config
-from edge_training.exceptions import ModelRegistryError
+from edge_training.exceptions import ModelRegistryAuthError, ModelRegistryError
 from edge_training.registry.base import (
     CHAMPION_ALIAS,
     METRICS_FILE,
@@ -55,6 +64,45 @@ def _keep_tracking_uri_env():
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
+
+
+TRACKING_SERVER_SCHEMES = ("http", "https")
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+
+
+def _auth_status(exc: BaseException) -> int | None:
+    """401 or 403 when ``exc`` is an MLflow server refusing the credentials or the action, else None.
+
+    The REST client raises ``MlflowException`` (with MLflow's error code); the proxied-artifact client raises
+    ``requests.HTTPError`` with the response attached.
+    """
+    code = getattr(exc, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        return 401
+    if code == "PERMISSION_DENIED":
+        return 403
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if status in (401, 403) else None
+
+
+class _CheckedClient:
+    """An ``MlflowClient`` whose every call turns a 401/403 answer into a :class:`ModelRegistryAuthError`."""
+
+    def __init__(self, client, registry: MLflowModelRegistry) -> None:
+        self._client = client
+        self._registry = registry
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._registry.access_checked(f"MlflowClient.{name}"):
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def serving_signature(model) -> dict:
@@ -97,15 +145,19 @@ def serving_signature(model) -> dict:
 
 
 class MLflowModelRegistry:
-    """MLflow model registry (SQLite store, local artifacts): the local stand-in for the Azure ML registry.
+    """MLflow model registry: a local store (SQLite, local artifacts) or an MLflow tracking server over HTTP(S).
 
     Each registration is one MLflow run (tagged with the registration key) in the experiment
-    ``experiment_name``, whose artifact location lies under ``artifacts_dir``. The run logs the model with the
-    MLflow ONNX flavour, ``metrics.json`` and the numeric metrics; the registered version points at that
-    logged model and carries the lineage tags. Only :meth:`promote` moves the ``champion`` alias.
+    ``experiment_name``; with a local store its artifact location lies under ``artifacts_dir``, with a tracking
+    server the server chooses it (its proxied artifact store). The run logs the model with the MLflow ONNX
+    flavour, ``metrics.json`` and the numeric metrics; the registered version points at that logged model and
+    carries the lineage tags. Only :meth:`promote` moves the ``champion`` alias.
 
-    :param tracking_uri: MLflow tracking/registry URI, e.g. ``sqlite:////abs/path/mlflow.db``.
-    :param artifacts_dir: Folder under which the experiment's artifacts are stored.
+    :param tracking_uri: MLflow tracking/registry URI, e.g. ``sqlite:////abs/path/mlflow.db`` or
+        ``https://mlflow.central.example:5000`` (credentials in ``MLFLOW_TRACKING_USERNAME`` /
+        ``MLFLOW_TRACKING_PASSWORD``, never in the URI).
+    :param artifacts_dir: Folder under which the experiment's artifacts are stored (local stores only; unused
+        with a tracking server).
     :param experiment_name: MLflow experiment holding the registration runs.
     """
 
@@ -122,16 +174,77 @@ class MLflowModelRegistry:
         shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else self.tracking_uri
         return f"MLflowModelRegistry(tracking_uri={shown!r}, artifacts_dir={str(self.artifacts_dir)!r})"
 
+    @property
+    def is_tracking_server(self) -> bool:
+        """True when the registry is an MLflow tracking server reached over HTTP(S), not a local store."""
+        return urlparse(self.tracking_uri).scheme in TRACKING_SERVER_SCHEMES
+
+    @property
+    def server_shown(self) -> str:
+        """The tracking URI as it may be printed: scheme, host and port only."""
+        parsed = urlparse(self.tracking_uri)
+        host = parsed.hostname or ""
+        return f"{parsed.scheme}://{host}{f':{parsed.port}' if parsed.port else ''}"
+
     @cached_property
     def client(self):
         from mlflow import MlflowClient
 
         parsed = urlparse(self.tracking_uri)
+        if self.is_tracking_server:
+            if parsed.username or parsed.password:
+                # A URI ends up in logs, error messages and process listings; a password inside it leaks there.
+                raise ModelRegistryAuthError(
+                    f"Model registry: checked MLFLOW_TRACKING_URI for the MLflow server {self.server_shown}; it "
+                    f"carries credentials in the URI. Remove them from the URI and give the user and password "
+                    f"in {USERNAME_ENV} and {PASSWORD_ENV} instead."
+                )
+            return _CheckedClient(MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri), self)
         if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
             # SQLite creates the file but not its folder; a fresh checkout has neither.
             Path(parsed.path).parent.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @contextmanager
+    def access_checked(self, action: str):
+        """Turn an MLflow server's 401/403 answer to ``action`` into a :class:`ModelRegistryAuthError`.
+
+        :param action: What was being done (an ``MlflowClient`` method name or a phrase), for the message.
+        """
+        try:
+            yield
+        except ModelRegistryError:
+            raise
+        except Exception as exc:
+            status = _auth_status(exc)
+            if status is None:
+                raise
+            raise ModelRegistryAuthError(self._auth_message(status, action)) from None
+
+    def _auth_message(self, status: int, action: str) -> str:
+        user = os.getenv(USERNAME_ENV)
+        if status == 401:
+            if not user:
+                return (
+                    f"Model registry: the MLflow server {self.server_shown} answered 401 (not authenticated) to "
+                    f"{action}; this worker has no {USERNAME_ENV} set. Set {USERNAME_ENV} and {PASSWORD_ENV} in "
+                    "the environment of every Airflow component that runs registry tasks (the site's credentials "
+                    "on the edge worker, central's on the worker that builds images)."
+                )
+            return (
+                f"Model registry: the MLflow server {self.server_shown} answered 401 (not authenticated) to "
+                f"{action} as user {user!r} ({USERNAME_ENV}): the server does not know this user or "
+                f"{PASSWORD_ENV} is not its password. Check both against the server's user (the MLflow admin "
+                "can reset the password through the auth API's update-password endpoint); retrying will not help."
+            )
+        return (
+            f"Model registry: the MLflow server {self.server_shown} answered 403 (permission denied) to {action} "
+            f"as user {user!r} ({USERNAME_ENV}). The user needs EDIT on the experiment {self.experiment_name!r} "
+            "and on the registered model (READ on the experiment and EDIT on the model to build images). Ask the "
+            "MLflow admin to grant them (scripts/mlflow_server.py start --model <name> does it for the users it "
+            "creates)."
+        )
 
     # -- lookups -------------------------------------------------------------------------------------------
 
@@ -196,11 +309,16 @@ class MLflowModelRegistry:
         client = self.client
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
+            if self.is_tracking_server:
+                # The server puts it in its own artifact store and serves the files to every client over HTTP.
+                return client.create_experiment(self.experiment_name)
             location = (self.artifacts_dir / self.experiment_name).as_uri()
             return client.create_experiment(self.experiment_name, artifact_location=location)
         if experiment.lifecycle_stage == "deleted":
             # A deleted experiment still owns its name; restoring it is the only way to reuse the name.
             client.restore_experiment(experiment.experiment_id)
+        if self.is_tracking_server:
+            return experiment.experiment_id
         location = urlparse(experiment.artifact_location).path or experiment.artifact_location
         if not Path(location).resolve().is_relative_to(self.artifacts_dir):
             log.warning(
@@ -231,7 +349,8 @@ class MLflowModelRegistry:
             run = client.create_run(experiment_id, run_name=run_id[:250], tags={REGISTRATION_KEY_TAG: run_id})
 
         # MLflow's model logging only exists in the fluent API, which reads a process-wide tracking URI.
-        with _keep_tracking_uri_env(), _use_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+        with self.access_checked("log the model and its metrics"), _keep_tracking_uri_env(), \
+                _use_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run.info.run_id):
             if metrics:
                 # Logged before the model so MLflow links them to the logged model too.
                 mlflow.log_metrics(metrics)
@@ -361,12 +480,13 @@ class MLflowModelRegistry:
         if not mv.run_id:
             return None
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=mv.run_id, artifact_path=f"attachments/{name}", dst_path=str(dest_dir),
-                tracking_uri=self.tracking_uri,
-            )
+            with self.access_checked(f"download the attachment {name}"):
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id, artifact_path=f"attachments/{name}", dst_path=str(dest_dir),
+                    tracking_uri=self.tracking_uri,
+                )
         except (MlflowException, OSError):
-            return None
+            return None  # not attached (a refused login is a ModelRegistryAuthError and propagates)
         return Path(local)
 
     def download_onnx(self, version: RegisteredModelVersion, dest_dir: Path) -> Path:
@@ -380,7 +500,11 @@ class MLflowModelRegistry:
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         uri = self.client.get_model_version_download_uri(version.name, version.version)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest_dir)))
+        with self.access_checked(f"download model {version.name} version {version.version}"):
+            # The tracking URI resolves the server's mlflow-artifacts:/ locations (and its credentials apply).
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(dest_dir), tracking_uri=self.tracking_uri
+            ))
         flavors = Model.load(str(local)).flavors
         if "onnx" not in flavors:
             raise ModelRegistryError(
