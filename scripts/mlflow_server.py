@@ -11,7 +11,8 @@ granted: ``default_permission = NO_PERMISSIONS``). On start it creates, through 
   each registered model (it records the image digest as version tags);
 * the experiment (default ``EDGE_MLFLOW_EXPERIMENT``) and each ``--model`` (default ``EDGE_MODEL_NAME``).
 
-Passwords (admin, both users) and the Flask secret are generated into ``<state>/secrets/`` (mode 0600) and reach the
+The auth settings are ``deploy/mlflow/basic_auth.ini`` (the one docker-compose uses too). Passwords (admin, both
+users) and the Flask secret are generated into ``<state>/secrets/`` (mode 0600) and reach the
 server through its environment, never its command line. ``<state>/site.env`` and ``<state>/central.env`` (0600)
 hold what each side exports: ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``,
 ``EDGE_MLFLOW_EXPERIMENT``.
@@ -23,6 +24,7 @@ Usage::
     python scripts/mlflow_server.py status [--state-dir DIR]          # exit 0 if it answers, else 3
     python scripts/mlflow_server.py env    [--state-dir DIR] --side site|central   # prints secrets
     python scripts/mlflow_server.py stop   [--state-dir DIR]
+    python scripts/mlflow_server.py provision --url http://mlflow:5000 [--model NAME ...]   # a server run elsewhere
 
 In a network namespace: ``ip netns exec central .venv/bin/python scripts/mlflow_server.py start --host 10.0.0.1
 --port 5000 --state-dir /tmp/central/mlflow`` (the server keeps running in that namespace; ``stop`` works from any).
@@ -64,6 +66,10 @@ CENTRAL_USER = "edge-central"
 READY_TIMEOUT_S = 240.0  # the server imports MLflow twice (CLI, then its uvicorn worker): ~40 s on a busy machine
 STOP_TIMEOUT_S = 15.0
 MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
+AUTH_INI = REPO_ROOT / "deploy" / "mlflow" / "basic_auth.ini"
+# `provision --url` (docker-compose's mlflow-init) reads the passwords from these variables.
+PASSWORD_ENV = {ADMIN_USER: "MLFLOW_AUTH_ADMIN_PASSWORD", SITE_USER: "EDGE_MLFLOW_SITE_PASSWORD",
+                CENTRAL_USER: "EDGE_MLFLOW_CENTRAL_PASSWORD"}
 
 # What each user may do; MLflow permissions are READ < USE < EDIT < MANAGE (MANAGE also deletes and grants).
 PASSWORD_FILES = {SITE_USER: "site_password", CENTRAL_USER: "central_password"}
@@ -276,18 +282,12 @@ class MlflowServer:
         Idempotent: existing users get the password of the state folder again, existing grants are set anew.
         """
         port = port or int(self._load_state()["port"])
-        admin = _AdminApi(f"http://{self._probe_host()}:{port}", ADMIN_USER, self._secret("admin_password"))
-        for user in GRANTS:
-            admin.ensure_user(user, self._secret(PASSWORD_FILES[user]))
-        experiment_id = admin.ensure_experiment(self.experiment)
         state = self._load_state()
         wanted = tuple(dict.fromkeys([*state.get("models", []), *self.models, *models]))
-        for name in wanted:
-            admin.ensure_registered_model(name)
-        for user, grants in GRANTS.items():
-            admin.grant(user, "experiment", experiment_id, grants["experiment"])
-            for name in wanted:
-                admin.grant(user, "registered_model", name, grants["registered_model"])
+        experiment_id = provision(
+            f"http://{self._probe_host()}:{port}", self._secret("admin_password"),
+            {user: self._secret(name) for user, name in PASSWORD_FILES.items()}, self.experiment, wanted,
+        )  # fmt: skip
         state.update(experiment=self.experiment, experiment_id=experiment_id, models=list(wanted))
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
 
@@ -298,17 +298,11 @@ class MlflowServer:
 
     def _spawn(self, port: int) -> None:
         ini = self.state_dir / "basic_auth.ini"
-        # No password in this file: the admin's comes from MLFLOW_AUTH_ADMIN_PASSWORD on first start.
-        ini.write_text(
-            "[mlflow]\n"
-            "default_permission = NO_PERMISSIONS\n"
-            f"database_uri = sqlite:///{self.state_dir / 'auth.db'}\n"
-            f"admin_username = {ADMIN_USER}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # Without it every request re-hashes the password (PBKDF2): ~2.5 s per call on a busy 2-core machine.
-            # A password change through the API clears the entry at once on the worker that handled it.
-            "auth_cache_ttl_seconds = 300\n"
-        )
+        # The deployment's settings with this state folder's user store; no password in the file.
+        ini.write_text("".join(
+            f"database_uri = sqlite:///{self.state_dir / 'auth.db'}\n" if line.startswith("database_uri") else line
+            for line in AUTH_INI.read_text().splitlines(keepends=True)
+        ))
         allowed = [self.host, self.advertise_host, "localhost", DEFAULT_HOST, *self.allowed_hosts]
         allowed_hosts = ",".join(dict.fromkeys(h for name in allowed for h in (name, f"{name}:{port}")))
         argv = [
@@ -362,6 +356,23 @@ class MlflowServer:
         state = self._load_state()
         uri = f"http://{state['advertise_host']}:{state['port']}" if "port" in state else None
         return {"running": self.pid() is not None, "pid": self.pid(), "tracking_uri": uri}
+
+
+def provision(url: str, admin_password: str, passwords: dict[str, str], experiment: str, models) -> str:
+    """As the admin of the server at ``url``: create or update the users of :data:`GRANTS` with ``passwords``,
+    create the experiment and the registered models, grant each user its permissions; return the experiment id.
+    """
+    admin = _AdminApi(url, ADMIN_USER, admin_password)
+    for user in GRANTS:
+        admin.ensure_user(user, passwords[user])
+    experiment_id = admin.ensure_experiment(experiment)
+    for name in models:
+        admin.ensure_registered_model(name)
+    for user, grants in GRANTS.items():
+        admin.grant(user, "experiment", experiment_id, grants["experiment"])
+        for name in models:
+            admin.grant(user, "registered_model", name, grants["registered_model"])
+    return experiment_id
 
 
 def _status(url: str, timeout: float = 3.0) -> int:
@@ -444,7 +455,7 @@ class _AdminApi:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Central MLflow tracking server with basic auth.")
-    parser.add_argument("command", choices=("start", "stop", "status", "env"))
+    parser.add_argument("command", choices=("start", "stop", "status", "env", "provision"))
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
     ports = parser.add_mutually_exclusive_group()
@@ -456,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", help=f"registered model to provision (default: {config.MODEL_NAME})")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default: %(default)s)")
     parser.add_argument("--side", choices=("site", "central"), help="env: whose environment to print")
+    parser.add_argument("--url", help="provision: a running server's URL (passwords from " +
+                        ", ".join(PASSWORD_ENV.values()) + ")")
     args = parser.parse_args(argv)
     remembered = MlflowServer(args.state_dir)._load_state().get("port")
     port = None if args.free_port else (args.port or remembered or DEFAULT_PORT)
@@ -474,6 +487,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stop":
             server.stop()
             print(f"MLflow server in {server.state_dir} stopped")
+            return 0
+        if args.command == "provision":
+            if not args.url:
+                parser.error("provision needs --url of a running server")
+            missing = [name for name in PASSWORD_ENV.values() if not os.getenv(name)]
+            if missing:
+                raise MlflowServerError(f"provision reads the passwords from the environment; not set: {missing}.")
+            passwords = {user: os.environ[name] for user, name in PASSWORD_ENV.items()}
+            admin_password = passwords.pop(ADMIN_USER)
+            models = args.model or (config.MODEL_NAME,)
+            provision(args.url.rstrip("/"), admin_password, passwords, args.experiment, models)
+            print(f"provisioned {args.url}: users {', '.join(GRANTS)}, experiment {args.experiment}, "
+                  f"models {', '.join(models)}")
             return 0
         if args.command == "status":
             status = server.status()

@@ -22,7 +22,10 @@ CENTRAL = {
     "airflow-triggerer", "airflow-worker",
 }  # fmt: skip
 EDGE_SITE = {"azurite", "edge-vm", "airflow-edge-worker"}
+CENTRAL_REGISTRIES = {"mlflow", "mlflow-init", "registry"}
 EDGE_CONNECTIONS = ("AIRFLOW_CONN_EDGE_BLOB", "AIRFLOW_CONN_EDGE_VM")
+# What the site may dial: the api-server (edge worker API, Execution API) and the MLflow server. Nothing else central.
+SITE_UPLINK = {"airflow-edge-worker", "airflow-apiserver", "mlflow"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def compose() -> dict:
 
 
 def test_central_airflow_and_edge_site_services(services):
-    missing = (CENTRAL | EDGE_SITE | {"registry"}) - set(services)
+    missing = (CENTRAL | EDGE_SITE | CENTRAL_REGISTRIES) - set(services)
     assert not missing, f"missing services: {sorted(missing)}"
 
 
@@ -75,15 +78,89 @@ def test_only_the_edge_worker_holds_the_edge_site_connections(services):
     assert "env_file" not in services["airflow-scheduler"], "an env_file would hand the site's credentials to central"
 
 
-def test_nothing_central_can_reach_into_the_edge_site(services):
-    for name in CENTRAL | {"registry"}:
+def test_nothing_central_can_reach_into_the_edge_site(services, compose):
+    for name in CENTRAL | CENTRAL_REGISTRIES:
         assert "edge-site" not in services[name]["networks"], f"{name} is on the edge-site network"
     for name in ("azurite", "edge-vm"):
-        assert services[name]["networks"] == ["edge-site"], name
+        assert services[name]["networks"][0] == "edge-site" and "site-uplink" not in services[name]["networks"], name
         assert "ports" not in services[name], f"{name} publishes a port: the edge site must need no inbound port"
-    # The edge worker is the one bridge, and it only dials out.
-    assert set(services["airflow-edge-worker"]["networks"]) == {"edge-site", "central"}
+    # The edge worker is the one bridge, and it only dials out: to the api-server and MLflow, on the uplink.
+    assert set(services["airflow-edge-worker"]["networks"]) == {"edge-site", "site-uplink"}
     assert "ports" not in services["airflow-edge-worker"]
+    on_uplink = {name for name, service in services.items() if "site-uplink" in service.get("networks", [])}
+    assert on_uplink == SITE_UPLINK, f"on the site uplink: {sorted(on_uplink)}"
+
+
+def test_the_edge_worker_has_egress_to_central_only(compose):
+    # Internal networks have no route out: the worker's only peers are the site's services and the uplink's.
+    for network in ("edge-site", "site-uplink"):
+        assert (compose["networks"][network] or {}).get("internal") is True, f"network {network} is not internal"
+
+
+def test_edge_worker_holds_no_central_credentials_and_no_shared_registry_disk(services):
+    worker = services["airflow-edge-worker"]
+    env = worker["environment"]
+    assert "AIRFLOW_CONN_IMAGE_REGISTRY" not in env, "pushing images is central's job"
+    assert not any("REDIS" in key or "POSTGRES" in key for key in env)
+    assert not any(":/opt/airflow/mlflow" in volume for volume in worker["volumes"]), "the registry is a server now"
+
+
+def test_mlflow_server_is_central_with_basic_auth_and_proxied_artifacts(services):
+    server = services["mlflow"]
+    command = server["command"]
+    assert command[0] == "server" and "--app-name=basic-auth" in command and "--serve-artifacts" in command
+    assert any(arg.startswith("--artifacts-destination=/mlflow/") for arg in command)
+    assert any(arg.startswith("--backend-store-uri=sqlite:////mlflow/") for arg in command)
+    assert set(server["networks"]) == {"central", "site-uplink"} and "ports" not in server
+    env = server["environment"]
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in server["volumes"] if v.startswith("./")}
+    [(target, source)] = [(t, s) for t, s in mounted.items() if ini.startswith(t + "/")]
+    settings = (ROOT / source / ini.removeprefix(target + "/")).read_text()
+    assert re.search(r"^default_permission = NO_PERMISSIONS$", settings, re.M), "anyone could read every model"
+    assert not re.search(r"^admin_password\s*=", settings, re.M), "the admin password belongs in .env"
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key].startswith("${"), key
+    init = services["mlflow-init"]
+    assert init["command"][:1] == ["provision"] and init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["airflow-edge-worker"]["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"
+
+
+def test_build_image_runs_where_the_registry_and_the_model_are_reachable(services):
+    from edge_training.topology import EDGE_SITE_TASKS
+
+    assert "build_image" not in EDGE_SITE_TASKS  # so it runs on the central Celery worker
+    worker = services["airflow-worker"]
+    env = worker["environment"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["AIRFLOW_CONN_IMAGE_REGISTRY"].startswith("${")
+    for peer in ("mlflow", "registry"):
+        assert set(worker["networks"]) & set(services[peer]["networks"]), f"airflow-worker cannot reach {peer}"
+
+
+def test_each_side_has_its_own_mlflow_user_with_the_password_from_env(services):
+    users = {"airflow-edge-worker": "edge-site", "airflow-worker": "edge-central"}
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        if name in users:
+            assert env["MLFLOW_TRACKING_USERNAME"] == users[name], name
+            assert env["MLFLOW_TRACKING_PASSWORD"].startswith("${"), name
+            assert "@" not in env["MLFLOW_TRACKING_URI"], f"{name}: credentials in the tracking URI"
+        else:
+            assert "MLFLOW_TRACKING_PASSWORD" not in env, f"{name} holds an MLflow user's password"
+    assert services["airflow-edge-worker"]["environment"]["MLFLOW_TRACKING_PASSWORD"] != services["airflow-worker"][
+        "environment"]["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_redis_requires_a_password_kept_off_command_lines(services):
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and "--requirepass" not in command, "the password would show in `ps`"
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${")
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    for name in CENTRAL - {"postgres", "redis"}:
+        broker = services[name]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+        assert broker.startswith("redis://:${REDIS_PASSWORD"), f"{name}: broker URL without the password"
 
 
 def test_edge_vm_keeps_its_host_key_on_a_volume(services):
@@ -116,7 +193,9 @@ def test_no_secret_in_compose_file():
     text = (ROOT / "docker-compose.yaml").read_text()
     assert "AccountKey=" not in text and "private_key" not in text and "BEGIN OPENSSH" not in text
     # Every secret is a ${VAR} substituted from .env; none has a literal value here.
-    for key in ("POSTGRES_PASSWORD", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "_AIRFLOW_WWW_USER_PASSWORD"):
+    for key in ("POSTGRES_PASSWORD", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "_AIRFLOW_WWW_USER_PASSWORD",
+                "REDIS_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                "EDGE_MLFLOW_SITE_PASSWORD", "EDGE_MLFLOW_CENTRAL_PASSWORD"):
         for value in re.findall(rf"^\s*{key}:\s*(.+)$", text, re.M):
             assert value.strip().startswith("${"), f"{key} has a literal value"
 
