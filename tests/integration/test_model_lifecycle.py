@@ -1,9 +1,11 @@
-"""Champion lifecycle against a real MLflow registry (SQLite store, local artifacts): the promotion rule on training
-windows, concurrent promotions, identical re-trains, rollback, and files attached to a version."""
+"""Champion lifecycle against a real MLflow registry (SQLite store, local artifacts; concurrent registrations also
+on a real MLflow tracking server with basic auth): the promotion rule on training windows, concurrent promotions,
+identical re-trains, rollback, and files attached to a version."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -169,15 +171,14 @@ def _assert_one_winner(registry: MLflowModelRegistry, champion: str, results: li
     assert f"champion is now version {winner}" in reason and f"scored version {champion}" in reason
 
 
-def test_two_registration_tasks_at_once_leave_exactly_one_champion(mlflow_env, onnx_dir):
+def _race_two_registration_tasks(registry: MLflowModelRegistry, onnx_dir: Path) -> None:
     """Two processes register a model each and promote it, having read the same champion: one wins."""
     import multiprocessing
 
-    registry = mlflow_env
     base = date(2026, 11, 1)
     _seed_champion(registry, onnx_dir, base)
-    spawn = multiprocessing.get_context("spawn")
-    barrier, results = spawn.Barrier(2, timeout=120), spawn.Queue()
+    spawn = multiprocessing.get_context("spawn")  # each child inherits this environment (tracking URI, credentials)
+    barrier, results = spawn.Barrier(2, timeout=300), spawn.Queue()
     trainings = [_training(onnx_dir, f"job-{s}", _document(base + timedelta(days=1), 0.9, 0.6, f"sha256:{s}"), "1")
                  for s in "ab"]
     workers = [spawn.Process(target=_registration_task,
@@ -185,12 +186,28 @@ def test_two_registration_tasks_at_once_leave_exactly_one_champion(mlflow_env, o
                for t in trainings]
     for w in workers:
         w.start()
-    done = [results.get(timeout=240) for _ in workers]
+    done = [results.get(timeout=600) for _ in workers]
     for w in workers:
         w.join(60)
     assert not [error for *_, error in done if error], done
     _assert_one_winner(registry, "1", [(v, outcome) for v, outcome, _ in done])
     assert len(registry.list_versions(MODEL)) == 3
+
+
+def test_two_registration_tasks_at_once_leave_exactly_one_champion(mlflow_env, onnx_dir):
+    _race_two_registration_tasks(mlflow_env, onnx_dir)
+
+
+def test_two_registration_tasks_at_once_on_a_tracking_server_leave_exactly_one_champion(
+    mlflow_server, monkeypatch, tmp_path, onnx_dir
+):
+    """The same race over HTTP, as the site's user: the champion lease on the server serialises the moves."""
+    mlflow_server.provision(models=[MODEL])
+    for key, value in mlflow_server.info().site_env().items():
+        monkeypatch.setenv(key, value)
+    registry = MLflowModelRegistry(os.environ["MLFLOW_TRACKING_URI"], tmp_path / "unused")
+    _race_two_registration_tasks(registry, onnx_dir)
+    assert not registry.client.search_registered_models(f"name = '{MODEL}.champion-lease'"), "lease left behind"
 
 
 @pytest.mark.parametrize("lock", ["file", "lease"])
