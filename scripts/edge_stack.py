@@ -105,16 +105,16 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)  # O_CREAT's mode is ignored when the file already existed.
 
 
-def _free_port() -> int:
+def _free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def _port_in_use(port: int) -> bool:
+def _port_in_use(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def _read_cmdline(pid: int, settle_s: float = 2.0) -> str:

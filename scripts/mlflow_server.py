@@ -40,7 +40,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,7 +54,17 @@ for _path in (REPO_ROOT, REPO_ROOT / "plugins"):
         sys.path.insert(0, str(_path))  # run as a script: make `scripts.edge_stack` and `edge_training` importable
 
 from edge_training import config  # noqa: E402
-from scripts.edge_stack import EXIT_NOT_RUNNING, _read_cmdline, _running, _tail, _write_private  # noqa: E402
+from scripts.edge_stack import (  # noqa: E402
+    EXIT_NOT_RUNNING,
+    _free_port,
+    _http_status,
+    _port_in_use,
+    _read_cmdline,
+    _running,
+    _shell_export,
+    _tail,
+    _write_private,
+)
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".edge-stack" / "mlflow-server"
 DEFAULT_HOST = "127.0.0.1"
@@ -114,18 +123,6 @@ class MlflowServerInfo:
     def __repr__(self) -> str:
         # Keeps the passwords out of pytest output and logs.
         return f"MlflowServerInfo(tracking_uri={self.tracking_uri!r}, state_dir={str(self.state_dir)!r})"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 class MlflowServer:
@@ -227,7 +224,7 @@ class MlflowServer:
         if self.pid() is None:
             port = self.port or state.get("port") or _free_port(self.host)
             probe = self._probe_host()
-            if _port_in_use(probe, port):
+            if _port_in_use(port, probe):
                 raise MlflowServerError(
                     f"Port {probe}:{port} is already in use by a process this server did not start (no live pid "
                     f"in {self.pid_file}). Stop that process or pick another --port."
@@ -240,7 +237,7 @@ class MlflowServer:
         self.provision(port)
         info = self.info()
         for side, env in (("site", info.site_env()), ("central", info.central_env())):
-            _write_private(self.env_file(side), "".join(_export(k, v) for k, v in env.items()))
+            _write_private(self.env_file(side), "".join(_shell_export(k, v) + "\n" for k, v in env.items()))
         return info
 
     def info(self) -> MlflowServerInfo:
@@ -375,18 +372,12 @@ def provision(url: str, admin_password: str, passwords: dict[str, str], experime
     return experiment_id
 
 
-def _status(url: str, timeout: float = 3.0) -> int:
+def _status(url: str) -> int:
+    """The HTTP status of a GET (4xx/5xx included), or 0 while nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the server we started
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        return _http_status(url, timeout=3.0)
     except OSError:
         return 0
-
-
-def _export(name: str, value: str) -> str:
-    return f"export {name}='" + value.replace("'", "'\"'\"'") + "'\n"
 
 
 class _AdminApi:
