@@ -37,6 +37,19 @@ def delete_container(blob_connection_string: str, container: str) -> None:
     ContainerClient.from_connection_string(blob_connection_string, container).delete_container()
 
 
+def schedule_away_from_now(now: dt.datetime | None = None) -> str:
+    """A daily cron ticking 12 hours away from ``now``, for ``EDGE_TRAINING_SCHEDULE`` in tests with a scheduler.
+
+    With the default 02:00 tick, a run started shortly before 02:00 UTC would see the scheduler open a new interval
+    (and start an extra scheduled run) in the middle of the test; a tick half a day away keeps the latest interval
+    and the next one fixed for the whole run, whenever the test starts.
+
+    :param now: the moment the test starts (default: the current UTC time).
+    """
+    tick = (now or dt.datetime.now(dt.timezone.utc)) + dt.timedelta(hours=12)
+    return f"{tick.minute} {tick.hour} * * *"
+
+
 def isolated_settings(work: Path, container: str) -> dict[str, str]:
     """Settings that give a run its own data container, MLflow registry, reports and fetched artifacts."""
     (work / "mlflow").mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
   module's own (the edge stack's connections), the ``edge_vm`` pool (1 slot, deferred tasks count), short poll
   intervals, 3-day training windows, and an edge VM work dir of its own (so job counts belong to this session only; the
   training venv, keyed by its requirements hash, is shared with the integration tests to skip a pip install).
-  Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. Stopped (by pid) when the module is done,
+  Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. The daily cron ticks 12 hours away from the
+  start (``schedule_away_from_now``), so no new interval opens while the module runs, whatever the time of day. Stopped (by pid) when the module is done,
   so it never runs beside another test module's Airflow.
 * ``api`` (module): a REST client logged in as standalone's generated admin user, ``edge_training`` unpaused.
 * ``vm_jobs``: the training jobs started on the edge VM in this session, read from their ``job.json``.
@@ -63,7 +64,7 @@ def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
 
     from include.sample_data.generate import generate
     from scripts.airflow_local import AirflowLocal, _free_port
-    from tests._pipeline import isolated_settings
+    from tests._pipeline import isolated_settings, schedule_away_from_now
 
     today = datetime.now(timezone.utc).date()
     # A container and model registry of its own: other tests on the same stack do not change the counts here.
@@ -95,6 +96,7 @@ def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
             **settings,
             "EDGE_VM_WORK_DIR": str(vm_base),
             "EDGE_TRAINING_WINDOW_DAYS": str(WINDOW_DAYS),
+            "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
             # The local edge VM is this shared test machine: its load says nothing about the pipeline.
             "EDGE_VM_MAX_LOAD_PER_CPU": "1000",
         },

@@ -4,7 +4,7 @@ Central Airflow (``airflow standalone``: scheduler, dag-processor, api-server, t
 alongside the EdgeExecutor and serves the edge worker API; it has **no** connection to the edge site (no blob, no
 VM credentials), so a data or VM task that ran centrally would fail. One ``airflow edge worker --queues edge``
 process plays the site: it holds the site's connections, reaches central Airflow only over its HTTP API, and has
-no metadata DB (its database setting points at a folder that does not exist).
+no metadata DB (its database setting points at a folder that does not exist, so any database access fails).
 
 The run must succeed with every task of ``EDGE_SITE_TASKS`` executed by that worker (edge job records name it)
 and every other task centrally; what the worker sent to central Airflow (XCom, the task logs it pushed) must hold
@@ -27,7 +27,14 @@ import pytest
 
 from scripts.airflow_local import AirflowLocal, _free_port
 from scripts.run_summary import trigger_latest_interval
-from tests._pipeline import FAST_TRAINING, ROOT, delete_container, isolated_settings, seed_sensor_data
+from tests._pipeline import (
+    FAST_TRAINING,
+    ROOT,
+    delete_container,
+    isolated_settings,
+    schedule_away_from_now,
+    seed_sensor_data,
+)
 from tests._residency import RowSignatures, audit, files_under
 
 pytestmark = pytest.mark.e2e
@@ -84,6 +91,8 @@ def edge_run(edge_stack, tmp_path_factory):
         "AIRFLOW__EDGE__API_URL": f"{api}/edge_worker/v1/rpcapi",
         "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
         "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
+        # No interval may open mid-test (an extra scheduled run), whatever the time of day.
+        "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
     }
     central_state = work / "central"
     central_state.mkdir()
@@ -142,7 +151,7 @@ def edge_run(edge_stack, tmp_path_factory):
             xcoms = db.execute("SELECT task_id, key, value FROM xcom WHERE run_id = ?", (run["dag_run_id"],)).fetchall()
         central_env = Path(f"/proc/{central.info().pid}/environ").read_bytes().decode(errors="replace")
         yield {
-            "run": run, "tis": tis, "jobs": jobs, "xcoms": xcoms, "central_env": central_env, "no_db": no_db,
+            "run": run, "tis": tis, "jobs": jobs, "xcoms": xcoms, "central_env": central_env, "edge_env": edge_env,
             "central_logs": central.home / "logs", "partitions": partitions,
             "worker_log": work / "edge-worker.log", "airflow_log": central.log_file,
         }  # fmt: skip
@@ -182,8 +191,12 @@ def test_data_and_vm_tasks_ran_on_the_edge_worker_and_the_rest_centrally(edge_ru
 def test_central_airflow_holds_no_edge_site_credentials_and_the_worker_no_metadata_db(edge_run):
     assert "AIRFLOW_CONN_EDGE_VM=" not in edge_run["central_env"]
     assert "AIRFLOW_CONN_EDGE_BLOB=" not in edge_run["central_env"]
-    # SQLite would have had to create this folder's file had the worker opened its database.
-    assert not edge_run["no_db"].exists()
+    # The run succeeded on the worker's settings; with those same settings, opening the metadata DB fails: the
+    # worker and its tasks did their work without it.
+    check = subprocess.run([AIRFLOW, "db", "check"], env=edge_run["edge_env"], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert check.returncode != 0, f"the edge worker's settings reach a metadata DB:\n{check.stdout[-2000:]}"
+    assert "unable to open database file" in check.stdout + check.stderr, (check.stdout + check.stderr)[-2000:]
 
 
 def test_what_the_edge_worker_sent_to_central_airflow_holds_no_training_row(edge_run):

@@ -103,8 +103,8 @@ def test_invalid_conf_is_refused_before_anything_runs(api, e2e_airflow, conf, fi
 @pytest.fixture(scope="module")
 def backfill_range(e2e_airflow) -> tuple[str, str, list[date]]:
     days = [e2e_airflow.today - timedelta(days=n) for n in BACKFILL_DAYS_AGO]
-    # Both ends inclusive, on logical dates: the 02:00 ticks of the three days.
-    return f"{days[0].isoformat()}T00:00:00Z", f"{days[-1].isoformat()}T12:00:00Z", days
+    # Both ends inclusive, on logical dates: the daily ticks of the three days, whatever the tick's time of day.
+    return f"{days[0].isoformat()}T00:00:00Z", f"{days[-1].isoformat()}T23:59:59Z", days
 
 
 def _wait_backfill(api, backfill: dict, samples: list[dict], timeout: float = RUN_TIMEOUT_S) -> None:
