@@ -3,7 +3,9 @@
 Generates the readings into Azurite (the running local stack if ``AIRFLOW_CONN_EDGE_BLOB`` is set, else a throwaway
 stack on free ports in a temporary folder), then runs, each in a fresh subprocess so neither warms the other:
 
-  (a) raw:        list the window's blobs, stream each (``download_blob().chunks()``) into chunked ``pandas.read_csv``
+  (a) raw:        list the window's blobs, download each with the SDK's concurrent ranged download
+                  (``download_blob(max_concurrency=4)``) and parse it with ``pyarrow.csv.open_csv`` (streaming,
+                  multithreaded, the suite's column types): what a careful user would write
   (b) validation: ``validate_partitions`` over the same blobs (Great Expectations suite per chunk, Data Docs)
 
 alternating (a) and (b) ``--rounds`` times (the machine is shared: medians damp the noise of other work), and prints
@@ -49,19 +51,25 @@ from edge_training import config
 from edge_training.validation import COLUMN_DTYPES, blob_partitions, validate_partitions
 from edge_training.window import TrainingWindow
 mode, env_name, container_name, chunk_rows, docs_dir = sys.argv[1:6]
+RAW_CONCURRENCY = 4
 chunk_rows = int(chunk_rows)
 container = ContainerClient.from_connection_string(os.environ[env_name], container_name)
 window = TrainingWindow(start=date(2026, 11, 1), end=date(2026, 11, 15))
 sources = blob_partitions(container, window)
 if mode == "raw":
-    import io
-    import pandas as pd
+    # What a careful user would write to read the same bytes: the SDK's concurrent ranged download of each blob,
+    # and pyarrow's multithreaded streaming CSV reader with the suite's column types.
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    types = {"machine_id": pa.string(), "timestamp": pa.string(), "failure_within_24h": pa.int64()}
+    types.update({c: pa.float64() for c, t in COLUMN_DTYPES.items() if t == "float64"})
     rows = 0
     for source in sources:
-        with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
-            for chunk in pd.read_csv(stream, chunksize=chunk_rows, dtype=COLUMN_DTYPES, encoding="utf-8",
-                                     encoding_errors="strict"):
-                rows += len(chunk)
+        data = container.download_blob(source.name, max_concurrency=RAW_CONCURRENCY).readall()
+        with pacsv.open_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(block_size=16 << 20),
+                            convert_options=pacsv.ConvertOptions(column_types=types)) as reader:
+            for batch in reader:
+                rows += batch.num_rows
 else:
     summary = validate_partitions(sources, window.days, suite_path=config.EXPECTATION_SUITE_PATH,
                                   docs_dir=docs_dir, chunk_rows=chunk_rows, window_label=window.label)
@@ -160,7 +168,8 @@ def main(argv=None) -> int:
     from edge_training import config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--total-mb", type=float, default=1100.0, help="size of the generated data (>= 1024)")
+    parser.add_argument("--total-mb", type=float, default=float(os.getenv("P2_TOTAL_MB", "1100")),
+                        help="size of the generated data (>= 1024 for the figure; less only while developing)")
     parser.add_argument("--chunk-rows", type=int, default=config.VALIDATION_CHUNK_ROWS)
     parser.add_argument("--rounds", type=int, default=3, help="raw/validation pairs to run (medians are compared)")
     args = parser.parse_args(argv)
@@ -191,6 +200,8 @@ def main(argv=None) -> int:
         f"peak RSS {peak_mb:.0f} MB; Data Docs in {workdir / 'docs'}"
     )
     return report(
+        # The ratio is held at >= 1 GB; smaller runs (while developing) say so by missing this one.
+        Figure("P2 data_mb", mb, 1024, op=">=", fmt=".0f"),
         Figure("P2 validation_vs_raw_time_ratio", validation_s / raw_s, 2.0, fmt=".2f"),
         Figure("P2 validation_peak_rss_mb", peak_mb, 512, fmt=".0f"),
     )

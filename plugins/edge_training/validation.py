@@ -22,7 +22,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -544,6 +544,24 @@ def quiet_library_logs(level: int = LIBRARY_LOG_LEVEL) -> Iterator[None]:
             logging.getLogger(name).setLevel(previous)
 
 
+@contextmanager
+def no_batch_fingerprints() -> Iterator[None]:
+    """Keep Great Expectations from hashing every chunk while the block runs, then put its threshold back.
+
+    Its pandas engine fingerprints each batch below ``HASH_THRESHOLD`` bytes (``hash_pandas_object`` over every cell,
+    then MD5) for a batch marker that nothing here reads; on a chunk of a million rows that costs about as much as
+    evaluating the whole suite on it.
+    """
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    saved = engine.HASH_THRESHOLD
+    engine.HASH_THRESHOLD = 0
+    try:
+        yield
+    finally:
+        engine.HASH_THRESHOLD = saved
+
+
 class _Validator:
     """Runs the suite over chunks and keeps what is needed to judge whole partitions."""
 
@@ -624,6 +642,107 @@ def _sorted_unique(values):
     return values[keep]
 
 
+# The values pandas' CSV reader takes for missing by default (``read_csv``'s documented ``na_values``): the Arrow
+# reader is given the same, so a value counts as missing (or not) whichever reader read it.
+PANDAS_NA_VALUES = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+)
+# Bytes the Arrow reader parses per block (its threads parse blocks in parallel, and read the next ones meanwhile).
+ARROW_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+def _read_with_arrow(stream, columns: list[str], chunk_rows: int, profile, take) -> bool:
+    """Parse ``stream`` with pyarrow's streaming CSV reader (multithreaded, reading ahead while chunks are validated)
+    and hand ``take`` pandas chunks of at least ``chunk_rows`` rows (strings Arrow-backed, as pandas reads them).
+
+    The drift profile is staged and added to ``profile`` only once the whole blob has been read. Returns False,
+    having profiled nothing, when pyarrow refuses the data (a value that is not its column's type, a row with
+    another number of fields, bytes that are not UTF-8, ...): the caller then reads the blob again with pandas,
+    whose errors the diagnostics explain. For data both read, the chunks are the same frames pandas would give.
+
+    :param stream: the blob's bytes, positioned at the header line.
+    :param columns: the header's column names (the suite's, in order).
+    :param chunk_rows: rows per chunk handed to ``take`` (the last may be smaller).
+    :param profile: the day's drift-profile accumulator, or None.
+    :param take: called with each chunk and the profile accumulator to feed.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    arrow_types = {"str": pa.string(), "float64": pa.float64(), "Int64": pa.int64()}
+    staged = drift.ProfileAccumulator(profile.grid) if profile is not None else None
+    convert = pacsv.ConvertOptions(
+        column_types={c: arrow_types[COLUMN_DTYPES[c]] for c in columns},
+        null_values=list(PANDAS_NA_VALUES),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    to_pandas = {"types_mapper": {pa.int64(): pd.Int64Dtype()}.get}
+
+    def chunk_of(batches):
+        return pa.Table.from_batches(batches).to_pandas(**to_pandas)
+
+    try:
+        with pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=ARROW_BLOCK_BYTES),
+                            convert_options=convert) as reader:  # fmt: skip
+            if reader.schema.names != columns:  # e.g. a byte order mark kept in the first name
+                return False
+            pending, rows = [], 0
+            for batch in reader:
+                pending.append(batch)
+                rows += batch.num_rows
+                if rows >= chunk_rows:
+                    take(chunk_of(pending), staged)
+                    pending, rows = [], 0
+            if pending:
+                take(chunk_of(pending), staged)
+    except pa.ArrowException:
+        return False
+    if profile is not None:
+        profile.merge(staged)
+    return True
+
+
+def _read_with_pandas(stream, source: PartitionSource, columns: list[str], chunk_rows: int,
+                      report: _PartitionReport, take) -> bool:  # fmt: skip
+    """Read the blob with pandas' CSV reader in chunks, handing each to ``take``; a read error is recorded on
+    ``report`` (what was found, as counts and row numbers) instead of raised. Returns True when ``report`` is final
+    (values of the wrong type, found by a second read: nothing else is to be judged)."""
+    import pandas as pd
+
+    dtype = {c: COLUMN_DTYPES[c] for c in columns if c in COLUMN_DTYPES}
+    try:
+        reader = pd.read_csv(
+            stream, chunksize=chunk_rows, dtype=dtype, encoding="utf-8", encoding_errors="strict",
+        )
+        for chunk in reader:
+            take(chunk)
+    except UnicodeDecodeError as err:
+        report.read_error = (
+            f"bytes that are not valid UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}) in data rows "
+            f"{report.rows + 1}..{report.rows + chunk_rows}; the readings must be UTF-8 encoded"
+        )
+    except pd.errors.EmptyDataError:
+        report.read_error = "the file has no CSV header (no columns to parse)"
+    except pd.errors.ParserError as err:
+        report.read_error = f"the CSV cannot be parsed: {_without_quoted(err)}"
+    except (ValueError, TypeError) as err:
+        problems = _diagnose_dtypes(source, columns, chunk_rows)
+        if not problems:
+            # pandas quotes the offending value in these messages: name the error, not the value.
+            report.read_error = (
+                f"values that cannot be read as the suite's column types ({type(err).__name__} from the CSV "
+                f"reader in data rows {report.rows + 1}..{report.rows + chunk_rows}); check the file's types "
+                f"against {', '.join(f'{c}: {t}' for c, t in COLUMN_DTYPES.items())}"
+            )
+            return True
+        report.failures.extend(f"{title}: {found}" for title, found in problems)
+        return True
+    return False
+
+
 def _read_partition(
     validator: _Validator,
     source: PartitionSource,
@@ -638,15 +757,18 @@ def _read_partition(
     merged: dict[str, _Merged] = {}
     hashes: list = []
 
-    def merge(chunk) -> None:
+    def take(chunk, into_profile) -> None:
+        report.rows += len(chunk)
         for item in validator.validate_chunk(chunk, first=not merged):
             key = _expectation_key(item.expectation_config)
             if key not in merged:
                 merged[key] = _Merged(config=item.expectation_config)
             merged[key].add(item, chunk)
-        if profile is not None:
+        if into_profile is not None:
             # The drift profile is built from the chunks already in memory: drift costs no second read.
-            profile.add_rows(chunk, len(chunk))
+            into_profile.add_rows(chunk, len(chunk))
+        if all(c in chunk.columns for c in KEY_COLUMNS) and len(chunk):
+            hashes.append(pd.util.hash_pandas_object(chunk[list(KEY_COLUMNS)], index=False).to_numpy())
 
     with io.BufferedReader(source.open(), buffer_size=1 << 20) as stream:
         columns = _header_columns(stream)
@@ -663,43 +785,28 @@ def _read_partition(
                 + column_list_findings(columns, validator.expected_columns)
             )
             return report
-        dtype = {c: COLUMN_DTYPES[c] for c in columns if c in COLUMN_DTYPES}
-        try:
-            reader = pd.read_csv(
-                stream, chunksize=chunk_rows, dtype=dtype, encoding="utf-8", encoding_errors="strict",
-            )
-            for chunk in reader:
-                report.rows += len(chunk)
-                merge(chunk)
-                if all(c in chunk.columns for c in KEY_COLUMNS) and len(chunk):
-                    hashes.append(pd.util.hash_pandas_object(chunk[list(KEY_COLUMNS)], index=False).to_numpy())
-        except UnicodeDecodeError as err:
-            report.read_error = (
-                f"bytes that are not valid UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}) in data rows "
-                f"{report.rows + 1}..{report.rows + chunk_rows}; the readings must be UTF-8 encoded"
-            )
-        except pd.errors.EmptyDataError:
-            report.read_error = "the file has no CSV header (no columns to parse)"
-        except pd.errors.ParserError as err:
-            report.read_error = f"the CSV cannot be parsed: {_without_quoted(err)}"
-        except (ValueError, TypeError) as err:
-            problems = _diagnose_dtypes(source, columns, chunk_rows)
-            if not problems:
-                # pandas quotes the offending value in these messages: name the error, not the value.
-                report.read_error = (
-                    f"values that cannot be read as the suite's column types ({type(err).__name__} from the CSV "
-                    f"reader in data rows {report.rows + 1}..{report.rows + chunk_rows}); check the file's types "
-                    f"against {', '.join(f'{c}: {t}' for c, t in COLUMN_DTYPES.items())}"
-                )
-                return report
-            report.failures.extend(f"{title}: {found}" for title, found in problems)
-            return report
+        arrow_tried = columns == validator.expected_columns and set(columns) <= set(COLUMN_DTYPES)
+        if arrow_tried and _read_with_arrow(stream, columns, chunk_rows, profile, take):
+            arrow_read = True
+        else:
+            arrow_read = False
+            # Something pyarrow refused (or a header it is not given): pandas reads the blob, from its start, and
+            # its errors are what the diagnostics explain.
+            report.rows = 0
+            merged.clear()
+            hashes.clear()
+        if not arrow_read:
+            with ExitStack() as fresh:
+                if arrow_tried:
+                    stream = fresh.enter_context(io.BufferedReader(source.open(), buffer_size=1 << 20))
+                if _read_with_pandas(stream, source, columns, chunk_rows, report, lambda c: take(c, profile)):
+                    return report
     if report.read_error:
         return report
     if not merged:
         # Header but no rows: still evaluate the suite, so the report shows every expectation.
         empty = pd.DataFrame({c: pd.Series(dtype=COLUMN_DTYPES.get(c, "str")) for c in columns})
-        merge(empty)
+        take(empty, None)
     key_hashes = _sorted_unique(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
     duplicates = (sum(len(h) for h in hashes) - len(key_hashes)) if hashes else 0
     seen_today = day_keys.setdefault(source.day or source.name, {})
@@ -872,7 +979,7 @@ def validate_partitions(
             "Ignoring %d blob(s) that are not data (markers, checksums, hidden or non-CSV files), not validated: %s",
             len(ignored), _listing(ignored),
         )
-    with quiet_library_logs():
+    with quiet_library_logs(), no_batch_fingerprints():
         suite = load_suite_json(suite_path)
         # The profile grid is taken from the suite before Great Expectations builds its own suite from it.
         profiles = _DayProfiles(suite) if profile_k is not None else None
