@@ -16,7 +16,7 @@ from _target import Figure, report
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 7
-TARGET = 1.10
+TARGET = 1.05
 
 BASELINE = "import airflow.sdk"
 DAG_IMPORT = (

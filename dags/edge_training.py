@@ -62,11 +62,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
 from edge_training import config
 from edge_training.notify import on_task_failure
 from edge_training.operators.azureml_train import AzureMLTrainingOperator
+from edge_training.operators.backend import TRAINING_BACKENDS, ChooseTrainingBackendOperator
 from edge_training.operators.health import EdgeVMHealthCheckOperator
 from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.operators.register import RegisterModelOperator
@@ -120,7 +121,7 @@ AT_EDGE = edge_site_task_args()
         ),
         "training_backend": Param(
             config.TRAINING_BACKEND,
-            enum=["edge_vm", "azureml"],
+            enum=list(TRAINING_BACKENDS),
             description="Where the model trains: on the edge VM over SSH, or as an Azure ML job on the workspace's "
             "compute (EDGE_TRAINING_BACKEND sets the default).",
         ),
@@ -176,10 +177,8 @@ def edge_training():
         execution_timeout=timedelta(hours=12),
     )
 
-    @task.branch
-    def choose_training_backend(params=None) -> str:
-        """Run the training task of the run's ``training_backend`` Param; the other one is skipped."""
-        return f"train_on_{params['training_backend']}"
+    # Runs the training task of the run's training_backend Param; the other one is skipped.
+    choose_training_backend = ChooseTrainingBackendOperator(task_id="choose_training_backend")
 
     register_model = RegisterModelOperator(
         task_id="register_model",
@@ -201,7 +200,7 @@ def edge_training():
     )
 
     training = [train_on_edge_vm, train_on_azureml]
-    validate_data >> check_edge_vm >> choose_training_backend() >> training >> register_model >> build_image
+    validate_data >> check_edge_vm >> choose_training_backend >> training >> register_model >> build_image
 
 
 edge_training()

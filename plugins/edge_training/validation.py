@@ -648,8 +648,9 @@ PANDAS_NA_VALUES = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
     "NULL", "NaN", "None", "n/a", "nan", "null",
 )
-# Bytes the Arrow reader parses per block (its threads parse blocks in parallel, and read the next ones meanwhile).
-ARROW_BLOCK_BYTES = 4 * 1024 * 1024
+# Bytes the Arrow reader parses per block (its threads parse blocks in parallel and read the next ones meanwhile;
+# larger blocks read further ahead: 4 MB took a day of 1.3 M rows to 521 MB peak RSS, 1 MB to 488 MB).
+ARROW_BLOCK_BYTES = 1024 * 1024
 
 
 def _read_with_arrow(stream, columns: list[str], chunk_rows: int, profile, take) -> bool:

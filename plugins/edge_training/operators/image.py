@@ -14,7 +14,6 @@ from airflow.sdk import BaseOperator
 
 from edge_training import config
 from edge_training.exceptions import EdgeTrainingError, ImageBuildError, ImageRegistryError
-from edge_training.hooks.image import Buildah, ImageRegistryHook, download_wheels, free_port, request_json
 from edge_training.image_context import (
     CONTENT_KEY_LABEL,
     assemble_context,
@@ -30,6 +29,8 @@ from edge_training.operators.register import _as_dict, parse_flag
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from edge_training.hooks.image import Buildah, ImageRegistryHook
 
     from edge_training.registry import ModelRegistry
 
@@ -114,10 +115,15 @@ class BuildScoringImageOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> ImageRegistryHook:
+        # The hooks are imported when a task runs, not each time the DAG file is parsed.
+        from edge_training.hooks.image import ImageRegistryHook
+
         return ImageRegistryHook(image_registry_conn_id=self.image_registry_conn_id)
 
     @cached_property
     def buildah(self) -> Buildah:
+        from edge_training.hooks.image import Buildah
+
         return Buildah(self.buildah_root, self.buildah_runroot)
 
     @cached_property
@@ -200,6 +206,8 @@ class BuildScoringImageOperator(BaseOperator):
     def _build_and_push(
         self, context, build_context, reference, repository, tag, model_name, version, code_version, scratch
     ) -> tuple[str, dict]:
+        from edge_training.hooks.image import download_wheels
+
         self.buildah.require_image(
             self.base_image,
             "Build it with scripts/build_base_image.sh (Debian bookworm + python3 via mmdebstrap; `make base-image`), "
@@ -245,6 +253,8 @@ class BuildScoringImageOperator(BaseOperator):
 
         :raises ImageBuildError: the server does not start or answer, or its predictions differ.
         """
+        from edge_training.hooks.image import free_port, request_json
+
         rows, expected, expected_labels = expected_scores(model_path)
         features = list(rows[0])
         port = free_port()
@@ -302,6 +312,8 @@ class BuildScoringImageOperator(BaseOperator):
         return result
 
     def _wait_healthy(self, server, base: str, log_path: Path, started: float) -> dict:
+        from edge_training.hooks.image import request_json
+
         deadline = started + config.IMAGE_SMOKE_TIMEOUT_S
         while time.monotonic() < deadline:
             if server.poll() is not None:
