@@ -150,6 +150,7 @@ class BuildScoringImageOperator(BaseOperator):
         _, repository, tag = split_reference(reference)
 
         with tempfile.TemporaryDirectory(prefix="edge-image-") as scratch:
+            from edge_training.hooks.image import download_wheels
             from edge_training.registry import RegisteredModelVersion
 
             onnx_path = self.model_registry.download_onnx(
@@ -206,8 +207,6 @@ class BuildScoringImageOperator(BaseOperator):
     def _build_and_push(
         self, context, build_context, reference, repository, tag, model_name, version, code_version, scratch
     ) -> tuple[str, dict]:
-        from edge_training.hooks.image import download_wheels
-
         self.buildah.require_image(
             self.base_image,
             "Build it with scripts/build_base_image.sh (Debian bookworm + python3 via mmdebstrap; `make base-image`), "
