@@ -15,6 +15,7 @@ import re
 from datetime import date, datetime
 from typing import Any
 
+from edge_training import reports
 from edge_training.champion import PROMOTION_RULE, split_metrics
 
 # Registries bound tag values (MLflow: 5000 chars, Azure ML lower); lineage values are short by nature,
@@ -72,6 +73,28 @@ def decision_tags(decision: Any) -> dict[str, str]:
     }
 
 
+DRIFT_REPORT_TAG = "edge.drift_report"
+DRIFT_REASON_TAG = "edge.drift_reason"
+# The only report a drift event may point the card at: a drift check's report on the api-server.
+_DRIFT_REPORT_NAME = "drift_report.html"
+
+
+def drift_tags(drift: Any) -> dict[str, str]:
+    """Tags naming the data drift that started the run: the drift check's reason and its report's URL.
+
+    :param drift: The extra of the ``edge_data_drift`` asset event that triggered the run (``reason``,
+        ``report_url``), or None when the run was not started by drift: both tags are then ``"none"``.
+        A ``report_url`` that is not a drift report served by the api-server (``/edge-training/.../drift_report.html``,
+        no query) is left out: a tag never carries a link to elsewhere, nor anything in a query string.
+    """
+    drift = drift if isinstance(drift, dict) else {}
+    url = drift.get("report_url")
+    if not (isinstance(url, str) and reports.URL_PREFIX + "/" in url and url.endswith("/" + _DRIFT_REPORT_NAME)
+            and "?" not in url and "://" not in url):
+        url = None
+    return {DRIFT_REASON_TAG: _bounded(drift.get("reason")), DRIFT_REPORT_TAG: _bounded(url)}
+
+
 def training_identity(training: dict | None) -> str | None:
     """A digest of what determines the trained model: data read, code, hyperparameters, seed and windows.
 
@@ -105,6 +128,8 @@ def lineage_tags(
     validation: dict | None,
     training: dict | None,
     decision: Any = None,
+    *,
+    drift: dict | None = None,
 ) -> dict[str, str]:
     """Build the lineage tags for one registered model version.
 
@@ -118,6 +143,7 @@ def lineage_tags(
     :param validation: The validation task's result (window, partitions, row_count, data_fingerprint, ...).
     :param training: The training task's result (job_id, metrics, code_version, vm_host_fingerprint, ...).
     :param decision: The champion gate's :class:`~edge_training.champion.PromotionDecision`, or None.
+    :param drift: The extra of the data-drift asset event that started the run, if any (see :func:`drift_tags`).
     """
     validation = validation or {}
     training = training or {}
@@ -153,5 +179,6 @@ def lineage_tags(
         if _is_number(metrics[name]):
             tags[f"metric.{_METRIC_NAME_UNSAFE.sub('_', str(name))[:100]}"] = metrics[name]
     result = {key: _bounded(value) for key, value in tags.items()}
+    result.update(drift_tags(drift))
     result.update(decision_tags(decision))
     return result

@@ -4,7 +4,7 @@ Pure logic, no Airflow and no registry I/O: :func:`build_model_card` takes what 
 version (its tags, aliases, the training job's ``metrics.json``) and about every other version of the model, and
 returns both documents. The HTML is self-contained: one inline stylesheet, plots as inline SVG, no script, and no
 font, image or stylesheet loaded from anywhere; the only URLs are the links a reader may follow (Data Docs, the
-version's registry page, the image).
+version's registry page, the image, and for a version whose run the data drift started, the drift report).
 
 The JSON follows the Model Card Toolkit's schema (``schema_version`` 0.0.2): ``model_details`` (name, overview,
 documentation, version with name/date/diff, references), ``model_parameters`` (model_architecture, data,
@@ -62,11 +62,13 @@ class CardLinks:
     :param data_docs: The validation run's Data Docs report.
     :param model_version: The version's page in the model registry.
     :param image: The scoring image's page.
+    :param drift_report: The drift check's report that started the training run (a run the data drift started).
     """
 
     data_docs: str | None = None
     model_version: str | None = None
     image: str | None = None
+    drift_report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,14 @@ def _data_facts(facts: dict) -> dict[str, str]:
     }
 
 
+def _trigger_text(facts: dict) -> str:
+    """Why this version was trained: the data drift that started its run, or that no drift check did."""
+    reason = facts["tags"].get("edge.drift_reason")
+    if facts["links"].drift_report or (reason and reason != "none"):
+        return f"Retrained because the data drifted: {reason or 'reason not recorded'}"
+    return "Not started by a drift check (a scheduled, manual or new-partition run): no drift report."
+
+
 def _window_text(window) -> str:
     if not isinstance(window, dict):
         return "n/a"
@@ -462,7 +472,8 @@ def _metric_rows(facts: dict) -> list[dict]:
 def _mct_json(facts: dict, plots: dict[str, str]) -> dict:
     tags, links, document = facts["tags"], facts["links"], facts["document"]
     diff = "; ".join(f"{c['what']}: {c['before']} -> {c['now']}" for c in facts["changes"])
-    references = [{"reference": url} for url in (links.data_docs, links.model_version, links.image) if url]
+    references = [{"reference": url} for url in (links.data_docs, links.model_version, links.image,
+                                                 links.drift_report) if url]
     performance = []
     for row in _metric_rows(facts):
         entry = {"type": row["name"], "value": row["value"], "slice": "holdout"}
@@ -479,6 +490,7 @@ def _mct_json(facts: dict, plots: dict[str, str]) -> dict:
         f"Aliases: {', '.join(facts['aliases']) or 'none'}.",
         f"Champion decision: {_decision_text(facts)}",
         f"Promotion rule: {facts['rule'] or 'not recorded'}.",
+        _trigger_text(facts) + (f" (drift report: {links.drift_report})." if links.drift_report else ""),
         f"Image: {tags.get('image.reference', 'not built yet')} (digest {tags.get('image.digest', 'n/a')}).",
         f"Environment: {environment}.",
     ])
@@ -615,6 +627,9 @@ def _html(facts: dict, plots: dict[str, str]) -> str:
         "<h2>Scoring image</h2>",
         _table({"reference": image_ref or "not built yet", "digest": tags.get("image.digest", "n/a")}),
         f"<p>{_link(links.image, 'image details') if image_ref else ''}</p>",
+        "<h2>Why it was trained</h2>",
+        f"<p>{html.escape(_trigger_text(facts))}"
+        + (f" {_link(links.drift_report, 'Drift report')}" if links.drift_report else "") + "</p>",
         "<h2>Training data</h2>",
         _table(_data_facts(facts)),
         f"<p>{_link(links.data_docs, 'Data Docs of the validation')}</p>",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_training import reports
+from edge_training.lineage import DRIFT_REPORT_TAG, NONE_VALUE
 from edge_training.model_card import CARD_HTML, CARD_JSON, CardLinks, VersionSnapshot, build_model_card
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ def publish_model_card(
                    if tags.get("edge.dag_id") and tags.get("edge.dag_run_id") else None),
         model_version=reports.model_version_url(model_name, version, base_url),
         image=reports.image_url(model_name, version, base_url) if tags.get("image.reference") else None,
+        # Already a URL on the api-server (the drift check's report), checked when it became a tag.
+        drift_report=tags[DRIFT_REPORT_TAG] if tags.get(DRIFT_REPORT_TAG, NONE_VALUE) != NONE_VALUE else None,
     )
     card = build_model_card(
         model_name, snapshot, document, history, previous_document=previous_document, links=links,

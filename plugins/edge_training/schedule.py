@@ -35,6 +35,24 @@ DATA_DRIFT = Asset(
 )
 
 
+def triggering_drift(context) -> dict | None:
+    """The extra of the newest :data:`DATA_DRIFT` event that started this DAG run (reason, drift report URL, ...),
+    or None when no drift event did (a scheduled, manual or partition-triggered run).
+
+    :param context: the task context; Airflow 3 puts the run's consumed asset events under
+        ``triggering_asset_events``.
+    """
+    events = context.get("triggering_asset_events") or {}
+    try:
+        drift = list(events.get(DATA_DRIFT) or ())
+    except (KeyError, TypeError):
+        return None
+    if not drift:
+        return None
+    newest = max(drift, key=lambda event: event.timestamp)
+    return dict(newest.extra or {})
+
+
 def check_retrain_policy(policy: str = config.RETRAIN_POLICY) -> str:
     """``policy`` if it is one of :data:`RETRAIN_POLICIES`, else a ValueError saying what to set."""
     if policy not in RETRAIN_POLICIES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 
@@ -159,3 +160,19 @@ def test_first_version_and_a_training_without_aggregates(trained):
     assert '<span class="tag">champion</span>' in card.html
     metrics = {m["type"]: m for m in card.json["quantitative_analysis"]["performance_metrics"]}
     assert "confidence_interval" not in metrics["roc_auc"] and metrics["roc_auc"]["value"] == old["metrics"]["roc_auc"]
+
+
+def test_a_version_the_data_drift_retrained_links_its_drift_report(trained):
+    document, _ = trained
+    report = "/edge-training/data-docs/edge_drift_check/scheduled__2026-11-07T02_00_00_00_00/drift_report.html"
+    reason = "data drift in 2026-11-06..2026-11-07 in 1 feature(s): temperature_c (population_stability_index 4.210 > 0.200)"
+    card = card_for(document, {"edge.drift_reason": reason, "edge.drift_report": report},
+                    links=CardLinks(**{**LINKS.__dict__, "drift_report": report}))
+    text = html.unescape(re.sub(r"<[^>]+>", " ", card.html))
+    assert f"Retrained because the data drifted: {reason}" in text
+    assert f'<a href="{report}">Drift report</a>' in card.html
+    assert {"reference": report} in card.json["model_details"]["references"]
+    assert f"drift report: {report}" in card.json["model_details"]["documentation"]
+    # A version of a scheduled run says no drift check started it, and links no report.
+    plain = card_for(document, {"edge.drift_reason": "none", "edge.drift_report": "none"})
+    assert "Not started by a drift check" in plain.html and "drift_report.html" not in plain.html

@@ -37,7 +37,8 @@ class DriftCheckOperator(BaseOperator):
     Writes a self-contained HTML report to ``reports_dir/<dag_id>/<run_id>/drift_report.html`` (the task's "Drift
     report" link, served by the api-server beside the run's Data Docs) and returns a short
     summary for XCom: ``drifted``, ``drifted_features``, ``reason``, the metrics per feature, ``champion_version``,
-    ``partitions`` and ``report``. Profiles and metrics are aggregates: no row, no value of the data.
+    ``partitions``, ``report`` (the file) and ``report_url`` (its path on the api-server). Profiles and metrics
+    are aggregates: no row, no value of the data.
 
     :param current: the validation task's result (XComArg or dict) holding ``profile``. Templated.
     :param model_name: registered model whose champion is the reference.
@@ -113,20 +114,27 @@ class DriftCheckOperator(BaseOperator):
             ),
             encoding="utf-8",
         )
-        record_drift_report_link(self, self.dag_id, context["run_id"], DRIFT_REPORT_FILE)
+        report_url = record_drift_report_link(self, self.dag_id, context["run_id"], DRIFT_REPORT_FILE)
         summary = {
             **result.summary(str(partitions)),
             "champion_version": champion.version,
             "partitions": partitions,
             "report": str(report),
+            "report_url": report_url,
         }
-        self.log.info("%s (champion version %s); drift report: %s", summary["reason"], champion.version, report)
+        self.log.info(
+            "%s (champion version %s); drift report: %s, served at %s", summary["reason"], champion.version, report,
+            report_url,
+        )
         return summary
 
     def _no_reference(self, partitions: Any, why: str) -> dict[str, Any]:
         reason = f"drift not measured for {partitions}: {why}; train a model (trigger edge_training) to set one"
         self.log.warning("%s", reason)
-        return {"drifted": False, "drifted_features": [], "reason": reason, "partitions": partitions, "report": None}
+        return {
+            "drifted": False, "drifted_features": [], "reason": reason, "partitions": partitions, "report": None,
+            "report_url": None,
+        }
 
     def _reference_profile(self, context: Context, champion: RegisteredModelVersion) -> dict | None:
         """The champion's reference profile: attached to the version in the registry, or (for a version registered

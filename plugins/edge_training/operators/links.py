@@ -52,11 +52,12 @@ class DriftReportLink(_ProducedLink):
     name = "Drift report"
 
 
-def record_drift_report_link(operator: Any, dag_id: str, run_id: str, name: str) -> None:
-    """Remember the URL of the drift report ``name`` in the run's report folder on ``operator``."""
+def record_drift_report_link(operator: Any, dag_id: str, run_id: str, name: str) -> str:
+    """Remember the URL of the drift report ``name`` in the run's report folder on ``operator``; return it."""
     links = dict(getattr(operator, "produced_links", None) or {})
-    links[DriftReportLink.name] = reports.run_report_url(dag_id, run_id, name, ui_base_path())
+    links[DriftReportLink.name] = url = reports.run_report_url(dag_id, run_id, name, ui_base_path())
     operator.produced_links = links
+    return url
 
 
 class ModelCardLink(_ProducedLink):

@@ -15,6 +15,7 @@ from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.lineage import lineage_tags, training_identity
 from edge_training.operators.links import ModelCardLink, ModelVersionLink, record_version_links, ui_base_path
 from edge_training.promotion import find_identical, settle_champion
+from edge_training.schedule import triggering_drift
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -158,6 +159,8 @@ class RegisterModelOperator(BaseOperator):
             context.get("data_interval_end"),
             validation,
             training,
+            # A run started by the drift check: its reason and report go on the version and its model card.
+            drift=triggering_drift(context),
         )
         registry = self.registry
         identical = find_identical(registry, self.model_name, training_identity(training))
