@@ -7,10 +7,11 @@ using privacy-safe aggregates only, and starts `edge_training` when the data has
 
 | step | task | what it does |
 |---|---|---|
-| 1 | `validate_new_partition` | Streams the day's partition through the Great Expectations suite (as `validate_data` does) and, in the same pass, builds its data profile: per feature a histogram on the suite's fixed grid, null rate, count, mean, deviation; bins of fewer than `EDGE_DRIFT_PROFILE_K` rows suppressed. |
-| 2 | `check_drift` | Compares it with the champion's reference profile (written on the edge VM at training time): population stability index, Jensen-Shannon distance, normalized Wasserstein distance per feature, against thresholds calibrated on the training window's day-to-day variation (`EDGE_DRIFT_CALIBRATE=false`: fixed defaults). Writes the drift report (self-contained HTML) under `EDGE_REPORTS_DIR`. |
-| 3 | `drift_found` | Stops here when nothing drifted. |
-| 4 | `announce_drift` | Updates the asset `edge_data_drift`; its extra holds the reason (features, metrics, thresholds), the partition and the report: `edge_training` runs on it. |
+| 1 | `wait_for_partition` | Waits (reschedule mode, every `EDGE_PARTITION_WATCH_POKE_S` s, up to `EDGE_PARTITION_WATCH_TIMEOUT_S`) until the day before the interval end holds a data blob under `dt=YYYY-MM-DD/`. A day that never lands fails here with "Partition dt=… is missing": no drift verdict either way. |
+| 2 | `validate_new_partition` | Streams the day's partition through the Great Expectations suite (as `validate_data` does) and, in the same pass, builds its data profile: per feature a histogram on the suite's fixed grid, null rate, count, mean, deviation; bins of fewer than `EDGE_DRIFT_PROFILE_K` rows suppressed. |
+| 3 | `check_drift` | Compares it with the champion's reference profile (written on the edge VM at training time): population stability index, Jensen-Shannon distance, normalized Wasserstein distance per feature, against thresholds calibrated on the training window's day-to-day variation (`EDGE_DRIFT_CALIBRATE=false`: fixed defaults). Writes the drift report (self-contained HTML) under `EDGE_REPORTS_DIR`. |
+| 4 | `drift_found` | Stops here when nothing drifted. |
+| 5 | `announce_drift` | Updates the asset `edge_data_drift`; its extra holds the reason (features, metrics, thresholds), the partition and its `window_end`, the report and its URL: `edge_training` runs on it, trains on the days up to that `window_end` and puts the reason and the report's URL on the version it registers and its model card. |
 
 Turn it on: set `EDGE_RETRAIN_POLICY=drift` (or `both`) for every Airflow component, unpause `edge_drift_check`
 and `edge_training`.
@@ -26,6 +27,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from edge_training import config
 from edge_training.notify import on_task_failure
 from edge_training.operators.drift import DriftCheckOperator
+from edge_training.operators.partition import DailyPartitionSensor
 from edge_training.operators.validate import ValidateTrainingDataOperator
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.schedule import DATA_DRIFT, check_retrain_policy
@@ -50,6 +52,9 @@ AT_EDGE = edge_site_task_args()
     },
 )
 def edge_drift_check():
+    # The day validate_new_partition checks (window_days=1): only once it has landed, else the run says it is missing.
+    wait_for_partition = DailyPartitionSensor(task_id="wait_for_partition", what="the drift check", **AT_EDGE)
+
     validate_new_partition = ValidateTrainingDataOperator(
         task_id="validate_new_partition",
         window_days=1,
@@ -75,13 +80,18 @@ def edge_drift_check():
             "reason": summary["reason"],
             "drifted_features": summary["drifted_features"],
             "partitions": summary["partitions"],
+            # The training run trains on the days up to here (edge_training.window.run_window).
+            "window_end": summary["window_end"],
             "champion_version": summary.get("champion_version"),
             "report": summary["report"],
+            # Where the api-server serves the report: the training run puts it on the model version and its card.
+            "report_url": summary["report_url"],
         }
         outlet_events[DATA_DRIFT].extra = extra
         return extra
 
     summary = check_drift.output
+    wait_for_partition >> validate_new_partition
     drift_found(summary) >> announce_drift(summary)
 
 

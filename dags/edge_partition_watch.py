@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import PokeReturnValue, dag, task
+from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from edge_training import config
 from edge_training.notify import on_task_failure
+from edge_training.operators.partition import DailyPartitionSensor
 from edge_training.schedule import NEW_PARTITION
 
 
@@ -33,28 +34,8 @@ from edge_training.schedule import NEW_PARTITION
     default_args={"retries": 3, "retry_delay": timedelta(minutes=1), "on_failure_callback": on_task_failure},
 )
 def edge_partition_watch():
-    @task.sensor(
-        poke_interval=config.PARTITION_WATCH_POKE_S,
-        timeout=config.PARTITION_WATCH_TIMEOUT_S,
-        mode="reschedule",
-    )
-    def wait_for_partition(data_interval_end=None):
-        """Done once the day before the interval end has a data blob under ``dt=YYYY-MM-DD/``.
-
-        Markers and other files that are not data (``_SUCCESS``, ``_temporary/``, ``.crc``) do not count: a day
-        holding only those would start a training run that validation must refuse.
-        """
-        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
-
-        from edge_training.fingerprint import is_data_blob
-        from edge_training.window import partition_prefix
-
-        day = (data_interval_end - timedelta(days=1)).date()
-        names = WasbHook(wasb_conn_id=config.BLOB_CONN_ID).get_blobs_list_recursive(
-            config.BLOB_CONTAINER, prefix=partition_prefix(day)
-        )
-        landed = any(is_data_blob(name) for name in names)
-        return PokeReturnValue(is_done=landed, xcom_value={"partition": day.isoformat()})
+    # The day before the interval end, once it holds a data blob (markers alone do not count).
+    wait_for_partition = DailyPartitionSensor(task_id="wait_for_partition", what="the partition watch")
 
     @task(outlets=[NEW_PARTITION])
     def announce_partition(partition: dict, *, outlet_events=None):
@@ -62,7 +43,7 @@ def edge_partition_watch():
         outlet_events[NEW_PARTITION].extra = partition
         return partition
 
-    announce_partition(wait_for_partition())
+    announce_partition(wait_for_partition.output)
 
 
 if config.TRAINING_TRIGGER == "asset":

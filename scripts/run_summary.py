@@ -4,7 +4,8 @@
 
 Prints one line per task state change while the run goes, then what a user wants to know: the run's state and
 data interval, each task's state, the validation summary and Data Docs path, the model version and its tags,
-the model card's path and URL, the image reference (when the DAG builds one), the first error of a failed run, and the UI URL with how to log in.
+the model card's path and URL, the image reference (when the DAG builds one), for a run the data drift started the
+drift check's reason and its drift report's URL, the first error of a failed run, and the UI URL with how to log in.
 Everything comes from the REST API (XCom holds summaries only; no data row is printed). Exit 0 if the run succeeded.
 """
 
@@ -89,7 +90,8 @@ def print_summary(client: AirflowClient, run: dict) -> None:
             extra = event.get("extra") or {}
             if extra.get("reason"):
                 print(f"started by {event.get('uri')}: {extra['reason']}")
-                print(f"Drift report: {extra.get('report')}")
+                where = f"{client.url}{extra['report_url']}" if extra.get("report_url") else extra.get("report")
+                print(f"Drift report: {where} (the drift check run {event.get('source_run_id')})")
     health = xcom("check_edge_vm")
     if health:
         print(f"edge VM: {health.get('hostname')} host key {health.get('host_key_fingerprint')}")

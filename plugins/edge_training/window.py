@@ -95,10 +95,17 @@ def training_window(
 def run_window(context: Mapping[str, Any], days: int | str, window_end: date | str | None = None) -> TrainingWindow:
     """The training window of the DAG run a task is running in, from the task's context.
 
-    :param context: the task context (``data_interval_start``/``data_interval_end``, ``dag_run.run_after``).
+    A run started by asset events whose extra names a ``window_end`` (the data-drift event: the end of the partitions
+    that drifted) trains on the days up to that end, the newest such event's, so the drifted day is in its window even
+    when the run starts later; a ``window_end`` given to the run wins over it.
+
+    :param context: the task context (``data_interval_start``/``data_interval_end``, ``dag_run.run_after``,
+        ``triggering_asset_events``).
     :param days: window length; a rendered template may give it as text.
     :param window_end: the run's ``window_end`` override, if any.
     """
+    if parse_window_end(window_end) is None:
+        window_end = event_window_end(context.get("triggering_asset_events")) or window_end
     return training_window(
         context.get("data_interval_start"),
         context.get("data_interval_end"),
@@ -106,6 +113,35 @@ def run_window(context: Mapping[str, Any], days: int | str, window_end: date | s
         int(days),
         window_end,
     )
+
+
+def event_window_end(events: Mapping[Any, Any] | None) -> str | None:
+    """The ``window_end`` named by the newest of the triggering asset events that name one, else None.
+
+    :param events: the context's ``triggering_asset_events`` (asset -> events with ``extra`` and ``timestamp``).
+    """
+    named = [event for asset in (events or {}) for event in events[asset]
+             if isinstance(getattr(event, "extra", None), Mapping) and event.extra.get("window_end")]
+    if not named:
+        return None
+    return str(max(named, key=lambda event: event.timestamp).extra["window_end"])
+
+
+def window_from_label(label: str) -> TrainingWindow:
+    """The window a :attr:`TrainingWindow.label` (``YYYY-MM-DD..YYYY-MM-DD``, end exclusive) describes.
+
+    :raises ValueError: the text is not such a label.
+    """
+    start, sep, end = str(label).partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        return TrainingWindow(date.fromisoformat(start), date.fromisoformat(end))
+    except ValueError:
+        raise ValueError(
+            f"Checked {label!r} for a window label: expected YYYY-MM-DD..YYYY-MM-DD (end exclusive), as validation "
+            "writes it under 'window'. Pass the validation task's result unchanged."
+        ) from None
 
 
 def parse_window_end(value: date | str | None) -> date | None:

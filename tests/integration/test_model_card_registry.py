@@ -42,7 +42,24 @@ def _artifacts(folder: Path, document: dict) -> Path:
     return folder
 
 
-def _register(folder: Path, document: dict, job: str, run_id: str) -> tuple[RegisterModelOperator, dict]:
+def _drift_events(extra: dict):
+    """The ``triggering_asset_events`` Airflow's task runner builds for a run the data-drift event started."""
+    from airflow.sdk.api.datamodels._generated import AssetEventDagRunReference
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from edge_training.schedule import DATA_DRIFT
+
+    event = AssetEventDagRunReference(
+        asset={"name": DATA_DRIFT.name, "uri": DATA_DRIFT.uri, "extra": {}}, extra=extra,
+        source_task_id="announce_drift", source_dag_id="edge_drift_check", source_run_id="scheduled__check",
+        source_map_index=-1, source_aliases=[], timestamp=datetime(2026, 11, 7, 2, 5, tzinfo=timezone.utc),
+    )  # fmt: skip
+    return TriggeringAssetEventsAccessor.build([AssetEventDagRunReferenceResult.from_asset_event_dag_run_reference(event)])
+
+
+def _register(folder: Path, document: dict, job: str, run_id: str,
+              **extra_context: object) -> tuple[RegisterModelOperator, dict]:  # fmt: skip
     op = RegisterModelOperator(
         task_id="register_model", model_name=MODEL,
         training={"job_id": job, "artifacts_dir": str(folder), "metrics": document, "code_version": "c0de",
@@ -53,7 +70,7 @@ def _register(folder: Path, document: dict, job: str, run_id: str) -> tuple[Regi
     )  # fmt: skip
     context = {"ti": SimpleNamespace(dag_id="edge_training", run_id=run_id),
                "data_interval_start": datetime(2026, 11, 1, tzinfo=timezone.utc),
-               "data_interval_end": datetime(2026, 11, 6, tzinfo=timezone.utc)}
+               "data_interval_end": datetime(2026, 11, 6, tzinfo=timezone.utc), **extra_context}
     return op, op.execute(context)
 
 
@@ -126,3 +143,50 @@ def test_rebuild_without_the_training_figures_keeps_the_card(monkeypatch, tmp_pa
     assert publish_model_card(get_model_registry(), MODEL, "1", reports_dir=elsewhere) is None
     assert not elsewhere.exists()
     shutil.rmtree(tmp_path / "reports")
+
+
+def test_a_version_the_data_drift_retrained_links_the_drift_report(monkeypatch, tmp_path, trainings):
+    from mlflow import MlflowClient
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("EDGE_REPORTS_DIR", str(tmp_path / "reports"))
+    (doc1, csvs), (doc2, _) = trainings
+    _, scheduled = _register(_artifacts(tmp_path / "a1", doc1), doc1, "job-1", "scheduled__2026-11-06T02:00:00+00:00")
+    report_url = "/edge-training/data-docs/edge_drift_check/scheduled__check/drift_report.html"
+    reason = "data drift in 2026-11-06..2026-11-07 in 1 feature(s): temperature_c (population_stability_index 4.2 > 0.2)"
+    _, drifted = _register(
+        _artifacts(tmp_path / "a2", doc2), doc2, "job-2", "asset_triggered__2026-11-07T02:05:00+00:00",
+        triggering_asset_events=_drift_events({"reason": reason, "report_url": report_url, "window_end": "2026-11-07",
+                                               "drifted_features": ["temperature_c"]}),
+    )  # fmt: skip
+
+    # The version carries the reason and the report's URL; the scheduled one says none.
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    tags = client.get_model_version(MODEL, drifted["version"]).tags
+    assert (tags["edge.drift_report"], tags["edge.drift_reason"]) == (report_url, reason)
+    assert drifted["tags"]["edge.drift_report"] == report_url
+    assert client.get_model_version(MODEL, scheduled["version"]).tags["edge.drift_report"] == "none"
+
+    # Its model card links the drift report and says why it was trained; the scheduled version's card does not.
+    html = Path(drifted["model_card"]).read_text()
+    assert f'<a href="{report_url}">Drift report</a>' in html and "Retrained because the data drifted" in html
+    card = json.loads((Path(drifted["model_card"]).parent / "model_card.json").read_text())
+    assert {"reference": report_url} in card["model_details"]["references"]
+    assert "drift_report.html" not in Path(scheduled["model_card"]).read_text()
+    # A rebuild (after build_image) keeps the link: it comes from the version's tag.
+    rebuilt = publish_model_card(get_model_registry(), MODEL, drifted["version"], reports_dir=tmp_path / "reports")
+    assert f'<a href="{report_url}">Drift report</a>' in rebuilt.path.read_text()
+    signatures = RowSignatures.from_csv_texts(csvs)
+    assert scan_text("model_card.html", rebuilt.path.read_text(), signatures) == []
+
+    # An event pointing anywhere but a drift report on the api-server puts no link on a version.
+    doc3 = {**doc1, "data_fingerprint": "sha256:" + "3" * 64}  # other data: a new version, not a reuse of v1
+    _, other = _register(
+        _artifacts(tmp_path / "a3", doc3), doc3, "job-3", "asset_triggered__2026-11-08T02:05:00+00:00",
+        triggering_asset_events=_drift_events({"reason": reason, "report_url": "https://elsewhere.example/x?sig=1"}),
+    )  # fmt: skip
+    assert other["version"] == "3" and not other["reused"]
+    assert client.get_model_version(MODEL, other["version"]).tags["edge.drift_report"] == "none"
+    assert "elsewhere.example" not in Path(other["model_card"]).read_text()

@@ -23,7 +23,7 @@ from airflow.dag_processing.dagbag import DagBag
 
 watch = DagBag(dag_folder="dags").dags["edge_partition_watch"]
 sensor = watch.get_task("wait_for_partition")
-result = sensor.python_callable(data_interval_end=datetime(2026, 11, 4, 2, tzinfo=timezone.utc))
+result = sensor.poke({"data_interval_end": datetime(2026, 11, 4, 2, tzinfo=timezone.utc)})
 print(json.dumps({"is_done": result.is_done, "xcom": result.xcom_value}))
 """
 

@@ -104,3 +104,27 @@ def test_run_window_reads_the_task_context():
     manual = {"data_interval_start": None, "data_interval_end": None, "dag_run": SimpleNamespace(run_after=interval_end)}
     assert run_window(manual, 2).label == "2026-11-06..2026-11-08"
     assert run_window(manual, 2, "2026-10-01").label == "2026-09-29..2026-10-01"
+
+
+def test_a_run_the_data_drift_started_trains_up_to_the_drifted_day():
+    from types import SimpleNamespace
+
+    from edge_training.window import run_window, window_from_label
+
+    def event(extra, hour):
+        return SimpleNamespace(extra=extra, timestamp=datetime(2026, 12, 2, hour, tzinfo=UTC))
+
+    started = datetime(2026, 12, 2, 2, 5, tzinfo=UTC)
+    context = {"data_interval_start": started, "data_interval_end": started, "triggering_asset_events": {
+        "edge_new_partition": [event({"partition": "2026-12-01"}, 3)],
+        "edge_data_drift": [event({"window_end": "2026-06-21"}, 1), event({"window_end": "2026-06-22"}, 2)],
+    }}
+    # The newest drift event's end, however late the run starts; an explicit window_end still wins.
+    assert run_window(context, 3).label == "2026-06-19..2026-06-22"
+    assert run_window(context, 3, "2026-07-01").label == "2026-06-28..2026-07-01"
+    # Events that name no window end leave the run's own interval.
+    context["triggering_asset_events"] = {"edge_new_partition": [event({"partition": "2026-12-01"}, 3)]}
+    assert run_window(context, 3).label == "2026-11-29..2026-12-02"
+    assert window_from_label("2026-06-20..2026-06-21").end == date(2026, 6, 21)
+    with pytest.raises(ValueError, match="expected YYYY-MM-DD..YYYY-MM-DD"):
+        window_from_label("dt=2026-06-20")

@@ -13,6 +13,7 @@ from edge_training import config
 from edge_training.exceptions import EdgeTrainingError
 from edge_training.operators.links import DriftReportLink, record_drift_report_link
 from edge_training.reports import docs_dir_for_run
+from edge_training.window import window_from_label
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,7 +38,7 @@ class DriftCheckOperator(BaseOperator):
     Writes a self-contained HTML report to ``reports_dir/<dag_id>/<run_id>/drift_report.html`` (the task's "Drift
     report" link, served by the api-server beside the run's Data Docs) and returns a short
     summary for XCom: ``drifted``, ``drifted_features``, ``reason``, the metrics per feature, ``champion_version``,
-    ``partitions``, ``report`` (the file) and ``report_url`` (its path on the api-server). Profiles and metrics
+    ``partitions`` with their ``window_end``, ``report`` (the file) and ``report_url`` (its path on the api-server). Profiles and metrics
     are aggregates: no row, no value of the data.
 
     :param current: the validation task's result (XComArg or dict) holding ``profile``. Templated.
@@ -119,6 +120,8 @@ class DriftCheckOperator(BaseOperator):
             **result.summary(str(partitions)),
             "champion_version": champion.version,
             "partitions": partitions,
+            # A training run this check starts trains on the days up to the end of what drifted.
+            "window_end": window_from_label(partitions).end.isoformat(),
             "report": str(report),
             "report_url": report_url,
         }
