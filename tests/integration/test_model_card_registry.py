@@ -74,13 +74,19 @@ def _register(folder: Path, document: dict, job: str, run_id: str,
     return op, op.execute(context)
 
 
-def test_each_version_gets_a_stored_card_linked_from_its_tags_and_task(monkeypatch, tmp_path, trainings):
-    from mlflow import MlflowClient
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+@pytest.fixture
+def tracking(monkeypatch, tmp_path) -> str:
+    """A fresh MLflow registry (SQLite) and reports folder under ``tmp_path``, as the registry and cards read them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("EDGE_REPORTS_DIR", str(tmp_path / "reports"))
+    return uri
+
+
+def test_each_version_gets_a_stored_card_linked_from_its_tags_and_task(tracking, tmp_path, trainings):
+    from mlflow import MlflowClient
+
     (doc1, csvs), (doc2, _) = trainings
 
     _, first = _register(_artifacts(tmp_path / "a1", doc1), doc1, "job-1", "manual__2026-11-06T02:00:00+00:00")
@@ -145,13 +151,9 @@ def test_rebuild_without_the_training_figures_keeps_the_card(monkeypatch, tmp_pa
     shutil.rmtree(tmp_path / "reports")
 
 
-def test_a_version_the_data_drift_retrained_links_the_drift_report(monkeypatch, tmp_path, trainings):
+def test_a_version_the_data_drift_retrained_links_the_drift_report(tracking, tmp_path, trainings):
     from mlflow import MlflowClient
 
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("EDGE_REPORTS_DIR", str(tmp_path / "reports"))
     (doc1, csvs), (doc2, _) = trainings
     _, scheduled = _register(_artifacts(tmp_path / "a1", doc1), doc1, "job-1", "scheduled__2026-11-06T02:00:00+00:00")
     report_url = "/edge-training/data-docs/edge_drift_check/scheduled__check/drift_report.html"
