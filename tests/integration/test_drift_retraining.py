@@ -227,8 +227,8 @@ def test_the_drift_started_run_trains_up_to_the_drifted_day_and_links_the_report
     assert "temperature_c" in registered["tags"]["edge.drift_reason"]
     # The URL is the one the api-server serves the report at: it maps to the file the check wrote.
     segments = event["report_url"].split(reports.URL_PREFIX + "/data-docs/", 1)[1].split("/")
-    served = reports.docs_dir_for_run(Path(shifted_check["report"]).parents[2], segments[0], segments[1]) / segments[2]
-    assert served == Path(shifted_check["report"])
+    written = Path(shifted_check["xcom"]["check_drift"]["report"])
+    assert reports.docs_dir_for_run(written.parents[2], segments[0], segments[1]) / segments[2] == written
     card = Path(registered["model_card"]).read_text()
     assert f'<a href="{event["report_url"]}">Drift report</a>' in card and "Retrained because the data drifted" in card
 
