@@ -103,6 +103,11 @@ def print_summary(client: AirflowClient, run: dict) -> None:
                 f"training ({task_id}): job {training['job_id']}, code version {training.get('code_version')}, "
                 f"window {training.get('window')}, holdout roc_auc {metrics.get('roc_auc')}"
             )
+            artifacts = training.get("artifacts") or {}
+            if artifacts.get("blobs"):
+                # Where register_model downloads the model from: the site's blob storage, not a worker's disk.
+                sizes = ", ".join(f"{name} {blob['size']} B" for name, blob in artifacts["blobs"].items())
+                print(f"   outputs in blob storage: {artifacts['container']}/{artifacts.get('prefix', '')} ({sizes})")
             reference = training.get("reference_profile")
             if reference:
                 print(f"   reference data profile: {reference['rows']} rows, {len(reference['features'])} features, "

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from edge_training import remote_job
+from edge_training.model_artifacts import output_prefix  # noqa: F401 - the job's ``model`` output folder
 
 INPUT_DATA = "data"
 INPUT_CHAMPION = "champion"
@@ -68,9 +69,6 @@ def datastore_uri(datastore: str, path: str = "") -> str:
     return f"azureml://datastores/{check_datastore(datastore)}/paths/{path.lstrip('/')}"
 
 
-def output_prefix(prefix: str, job: str) -> str:
-    """Blob name prefix (in the output container) of one job's ``model`` output: ``<prefix>/<job>/``."""
-    return f"{prefix.strip('/')}/{job}/" if prefix.strip("/") else f"{job}/"
 
 
 def job_output_uri(job: str, output: str = OUTPUT_MODEL) -> str:
@@ -92,12 +90,14 @@ def training_command(
     params: Mapping[str, Any] | None = None,
     champion: bool = False,
     manifest: bool = False,
+    profile_grid: Mapping[str, Any] | None = None,
 ) -> str:
     """The command line of the Azure ML job (``${{inputs.*}}`` / ``${{outputs.*}}`` are filled in by Azure ML).
 
     Same training script and arguments as on the edge VM, except that the data comes from the mounted
     ``data`` input (``--data-dir``) instead of blob credentials, and the model goes to the ``model`` output.
-    With ``manifest`` the ``manifest`` input (the blobs validation checked) says which blobs to read.
+    With ``manifest`` the ``manifest`` input (the blobs validation checked) says which blobs to read. With
+    ``profile_grid`` the job also writes the training window's reference data profile, as on the edge VM.
     """
     args = [
         "python", "train.py",
@@ -110,13 +110,19 @@ def training_command(
         "--holdout-days", str(int(holdout_days)),
     ]  # fmt: skip
     if params:
-        # Single-quoted for the job's shell; JSON from json.dumps never contains a single quote unescaped.
-        args += ["--params", "'" + json.dumps(dict(params), sort_keys=True).replace("'", "'\\''") + "'"]
+        args += ["--params", _shell_json(params)]
     if champion:
         args += ["--champion", "${{inputs.%s}}" % INPUT_CHAMPION]
     if manifest:
         args += ["--manifest", "${{inputs.%s}}" % INPUT_MANIFEST]
+    if profile_grid:
+        args += ["--profile-grid", _shell_json(profile_grid)]
     return " ".join(args)
+
+
+def _shell_json(value: Mapping[str, Any]) -> str:
+    # Single-quoted for the job's shell, with any single quote inside closed, escaped and reopened.
+    return "'" + json.dumps(dict(value), sort_keys=True).replace("'", "'\\''") + "'"
 
 
 def _shell_word(value: str) -> str:

@@ -57,9 +57,25 @@ VM_MAX_CLOCK_SKEW_S = float(os.getenv("EDGE_VM_MAX_CLOCK_SKEW_S", "120"))
 VM_REQUIRE_GPU = os.getenv("EDGE_VM_REQUIRE_GPU", "false").lower() in ("1", "true", "yes")
 VM_REQUIRE_DOCKER = os.getenv("EDGE_VM_REQUIRE_DOCKER", "false").lower() in ("1", "true", "yes")
 
-# Training job on the edge VM: local copy of the fetched model + metrics, the code shipped to the VM, how the VM
-# builds its training env (interpreter, extra pip arguments such as --index-url for a site mirror), and waiting.
-ARTIFACTS_DIR = Path(os.getenv("EDGE_ARTIFACTS_DIR", str(PROJECT_ROOT / ".edge-stack" / "artifacts")))
+# Training outputs (model.onnx, metrics.json, reference_profile.json) of both training backends: in the site's own
+# blob storage (the blob connection), container EDGE_OUTPUT_CONTAINER, one <EDGE_OUTPUT_PREFIX>/<job id>/ folder per
+# job. register_model reads them from there, so training and registration may run on different workers. The
+# EDGE_AZUREML_OUTPUT_* names of earlier releases still work when the new ones are unset.
+def output_container() -> str:
+    """The training output container, read from the environment now."""
+    return os.getenv("EDGE_OUTPUT_CONTAINER") or os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER") or "models"
+
+
+def output_prefix() -> str:
+    """The folder of the job folders in the training output container, read from the environment now."""
+    return os.getenv("EDGE_OUTPUT_PREFIX") or os.getenv("EDGE_AZUREML_OUTPUT_PREFIX") or "edge-training"
+
+
+OUTPUT_CONTAINER = output_container()
+OUTPUT_PREFIX = output_prefix()
+
+# Training job on the edge VM: the code shipped to the VM, how the VM builds its training env (interpreter, extra
+# pip arguments such as --index-url for a site mirror), and waiting.
 TRAINING_CODE_DIR = Path(os.getenv("EDGE_TRAINING_CODE_DIR", str(INCLUDE_DIR / "training")))
 VM_PYTHON = os.getenv("EDGE_VM_PYTHON", "python3")
 VM_PIP_ARGS = os.getenv("EDGE_VM_PIP_ARGS", "")
@@ -92,11 +108,9 @@ AZUREML_CONN_ID = os.getenv("EDGE_AZUREML_CONN_ID", "azureml_default")
 AZUREML_COMPUTE = os.getenv("EDGE_AZUREML_COMPUTE", "stackhub-k8s")
 AZUREML_EXPERIMENT = os.getenv("EDGE_AZUREML_EXPERIMENT", "edge-training")
 # Workspace datastores on the Stack Hub storage account: the data container (mounted as the job's input) and the
-# container the job writes model.onnx + metrics.json to (read back with the blob connection), under a prefix.
+# training output container (OUTPUT_CONTAINER above), which the job writes its outputs to under OUTPUT_PREFIX.
 AZUREML_DATA_DATASTORE = os.getenv("EDGE_AZUREML_DATA_DATASTORE", "stackhub_sensor_readings")
 AZUREML_OUTPUT_DATASTORE = os.getenv("EDGE_AZUREML_OUTPUT_DATASTORE", "stackhub_models")
-AZUREML_OUTPUT_CONTAINER = os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER", "models")
-AZUREML_OUTPUT_PREFIX = os.getenv("EDGE_AZUREML_OUTPUT_PREFIX", "edge-training")
 # Job environment: a registered one ("azureml:name:version"), or empty to build it from the conda spec in the
 # training code folder on top of the base image.
 AZUREML_ENVIRONMENT = os.getenv("EDGE_AZUREML_ENVIRONMENT", "")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_training import config
+from edge_training.model_artifacts import REFERENCE_PROFILE_FILE  # noqa: F401 - where the profile's users look for it
 from edge_training.shipped import training_module
 
 data_profile = training_module("data_profile")
@@ -30,8 +31,6 @@ publish = data_profile.publish
 range_columns = data_profile.range_columns
 DEFAULT_K = data_profile.DEFAULT_K
 
-# Written by train.py next to model.onnx: the training window's published profile.
-REFERENCE_PROFILE_FILE = "reference_profile.json"
 
 PSI = "population_stability_index"
 JS = "jensen_shannon_distance"

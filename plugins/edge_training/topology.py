@@ -1,6 +1,6 @@
 """Which tasks run at the edge site, and the task arguments that send them there.
 
-The tasks that read training-data rows, reach the edge VM, or hold the model fetched from it run at the site:
+The tasks that read training-data rows, reach the edge VM, or read the model from the site's storage run at the site:
 with an edge worker there, central Airflow never needs a route into the site. Everything else runs centrally.
 """
 
@@ -10,8 +10,9 @@ from edge_training import config
 from edge_training.exceptions import EdgeTrainingError
 
 TOPOLOGIES = ("local", "edge")
-# register_model belongs here too: it reads model.onnx from the disk of the worker that fetched it from the VM,
-# and publishing it to the registry (outbound HTTPS) is the one way the model leaves the site.
+# register_model belongs here too: it reads the model from the site's training output container with the site's blob
+# connection (which only the site holds), and publishing it to the registry (outbound HTTPS) is the one way the
+# model leaves the site. Any worker at the site may run it: nothing is read from another task's local disk.
 EDGE_SITE_TASKS = ("validate_data", "check_edge_vm", "train_on_edge_vm", "register_model")
 
 

@@ -20,7 +20,8 @@ VALIDATION = {
 }
 TRAINING = {
     "job_id": "edge-train-scheduled-2026-11-20",
-    "artifacts_dir": "/tmp/arts",
+    "artifacts": {"container": "models", "prefix": "edge-training/job/", "blobs": {"model.onnx": {
+        "name": "edge-training/job/model.onnx", "etag": '"0x8D1"', "content_md5": "q83vEjRWeJA=", "size": 10}}},
     "metrics": {
         "roc_auc": 0.91,
         "pr_auc": 0.5,
@@ -81,7 +82,7 @@ def test_only_scalar_metrics_and_no_rows_are_copied():
     tags = _tags()
     assert "metric.champion_metrics" not in tags and "metric.confusion" not in tags and "metric.passed" not in tags
     blob = repr(tags)
-    assert "M-0001" not in blob and "999" not in blob and "artifacts_dir" not in blob
+    assert "M-0001" not in blob and "999" not in blob and "edge-training/job/" not in blob
 
 
 def test_window_falls_back_to_validation_and_accepts_a_plain_string():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from edge_training import azureml_naming as naming
-from edge_training import config, remote_job
+from edge_training import config, model_artifacts, remote_job
 from edge_training.exceptions import AzureMLError, EdgeTrainingError
 from edge_training.triggers.azureml_job import AzureMLJobTrigger
 from edge_training.window import run_window
@@ -26,10 +25,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from edge_training.hooks.azureml import AzureMLHook, JobState
+    from edge_training.hooks.model_artifacts import ModelArtifactsHook
 
 # A task instance trains again after a failed job under the next attempt name; this bounds a runaway loop.
 MAX_ATTEMPTS = 20
-_OUTPUT_FILES = ("model.onnx", "metrics.json")
 
 
 class AzureMLTrainingOperator(BaseOperator):
@@ -37,8 +36,9 @@ class AzureMLTrainingOperator(BaseOperator):
     Run ``include/training/train.py`` as an Azure ML v2 command job for the run's training window and wait.
 
     The job mounts the Stack Hub data datastore as its ``data`` input and reads the training window there
-    (``train.py --data-dir``); it writes ``model.onnx`` and ``metrics.json`` to its ``model`` output on the
-    output datastore, from where this task reads them back with the blob connection. The current champion
+    (``train.py --data-dir``); it writes ``model.onnx``, ``metrics.json`` and ``reference_profile.json`` to its
+    ``model`` output on the output datastore: the training output container (``EDGE_OUTPUT_CONTAINER``), under
+    ``<output_prefix>/<job name>/``, which this task then describes with the blob connection. The current champion
     (if any) goes along as the ``champion`` input, to be scored on the same holdout, and the manifest of the
     blobs validation checked as the ``manifest`` input: the job reads exactly those from the mount and fails
     (bad input) when one is gone or has another size or MD5. The job gets no credentials from this task: the
@@ -49,9 +49,10 @@ class AzureMLTrainingOperator(BaseOperator):
     worker re-attaches instead of training twice. A job that failed, was canceled or paused is left as it is;
     the next try submits the next attempt name. A killed task cancels its job.
 
-    Returns the same shape as the edge VM operator: ``{"job_id", "artifacts_dir", "metrics", "code_version",
-    "vm_host_fingerprint" (None), "window", "training_seconds", "champion_version"}`` plus ``"studio_url"``,
-    ``"compute"`` and ``"model_uri"`` (``azureml://jobs/<job>/outputs/model``).
+    Returns the same shape as the edge VM operator: ``{"job_id", "artifacts", "metrics", "code_version",
+    "vm_host_fingerprint" (None), "window", "training_seconds", "champion_version", "reference_profile"}``
+    (``artifacts`` names the output blobs with their ETag, Content-MD5 and size; no local path) plus
+    ``"studio_url"``, ``"compute"`` and ``"model_uri"`` (``azureml://jobs/<job>/outputs/model``).
 
     :param azureml_conn_id: Airflow ``azure`` connection of the workspace (see ``AzureMLHook``).
     :param wasb_conn_id: Blob connection of the Stack Hub storage account holding the output container.
@@ -60,7 +61,8 @@ class AzureMLTrainingOperator(BaseOperator):
     :param container: Blob container with the daily partitions (the data datastore's container).
     :param data_datastore: Workspace datastore of ``container``, mounted read-only as the job's input.
     :param output_datastore: Workspace datastore the job writes its ``model`` output to.
-    :param output_container: Blob container of ``output_datastore`` (read back with ``wasb_conn_id``).
+    :param output_container: Blob container of ``output_datastore`` (read back with ``wasb_conn_id``; created when
+        missing), ``EDGE_OUTPUT_CONTAINER``.
     :param output_prefix: Folder in ``output_container`` holding one ``<job name>/`` folder per job.
     :param window_days: Length of the training window in days (templated).
     :param window_end: End date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
@@ -95,8 +97,8 @@ class AzureMLTrainingOperator(BaseOperator):
         container: str = config.BLOB_CONTAINER,
         data_datastore: str = config.AZUREML_DATA_DATASTORE,
         output_datastore: str = config.AZUREML_OUTPUT_DATASTORE,
-        output_container: str = config.AZUREML_OUTPUT_CONTAINER,
-        output_prefix: str = config.AZUREML_OUTPUT_PREFIX,
+        output_container: str = config.OUTPUT_CONTAINER,
+        output_prefix: str = config.OUTPUT_PREFIX,
         window_days: int | str = config.TRAINING_WINDOW_DAYS,
         window_end: str | None = None,
         model_name: str = config.MODEL_NAME,
@@ -144,10 +146,15 @@ class AzureMLTrainingOperator(BaseOperator):
         return AzureMLHook(azureml_conn_id=self.azureml_conn_id)
 
     @cached_property
-    def blob_service(self):
-        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    def outputs(self) -> ModelArtifactsHook:
+        from edge_training.hooks.model_artifacts import ModelArtifactsHook
 
-        return WasbHook(wasb_conn_id=self.wasb_conn_id).get_conn()
+        return ModelArtifactsHook(wasb_conn_id=self.wasb_conn_id)
+
+    def _output_container(self):
+        """The training output container's client, the container created if missing."""
+        self.outputs.ensure_container(self.output_container)
+        return self.outputs.container(self.output_container)
 
     # -- execute -------------------------------------------------------------------------------------------
 
@@ -211,6 +218,8 @@ class AzureMLTrainingOperator(BaseOperator):
         from azure.ai.ml import Input, Output, command
         from azure.ai.ml.entities import Environment
 
+        from edge_training import drift  # the profile code is run-time only: kept out of DAG parsing
+
         ti = context["ti"]
         window = run_window(context, self.window_days, self.window_end)
         params = remote_job.parse_training_params(self.training_params)
@@ -268,6 +277,7 @@ class AzureMLTrainingOperator(BaseOperator):
                 params=params,
                 champion=champion is not None,
                 manifest=manifest is not None,
+                profile_grid=drift.suite_grid(),
             ),
             environment=environment,
             inputs=inputs,
@@ -294,7 +304,7 @@ class AzureMLTrainingOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="edge-champion-") as tmp:
             onnx = registry.download_onnx(champion, Path(tmp))
             with open(onnx, "rb") as data:
-                self.blob_service.get_container_client(self.output_container).upload_blob(blob, data, overwrite=True)
+                self._output_container().upload_blob(blob, data, overwrite=True)
         self.log.info("Sent champion %s version %s to be scored on the same holdout", self.model_name, champion.version)
         return champion.version, naming.datastore_uri(self.output_datastore, blob)
 
@@ -309,8 +319,7 @@ class AzureMLTrainingOperator(BaseOperator):
             )
             return None
         blob = naming.output_prefix(self.output_prefix, f"{job}-manifest") + "manifest.json"
-        container = self.blob_service.get_container_client(self.output_container)
-        container.upload_blob(blob, json.dumps(manifest).encode(), overwrite=True)
+        self._output_container().upload_blob(blob, json.dumps(manifest).encode(), overwrite=True)
         self.log.info(
             "Sent the manifest of validation %s (%d blobs): the job trains exactly those",
             manifest["validation_id"], len(manifest["blobs"]),
@@ -331,19 +340,20 @@ class AzureMLTrainingOperator(BaseOperator):
         if job is None:
             raise AzureMLError(f"Azure ML job {name} completed but is gone from the workspace; clear the task to train again.")
         tags = job.tags
-        local = Path(config.ARTIFACTS_DIR) / name
-        self._fetch(name, local)
-        metrics = json.loads((local / "metrics.json").read_text())
+        artifacts = self._find_outputs(name)
+        metrics = self.outputs.read_json(artifacts, model_artifacts.METRICS_FILE)
         champion_version = tags.get("edge.champion_version")
         result = {
             "job_id": name,
-            "artifacts_dir": str(local),
+            "artifacts": artifacts,
             "metrics": metrics,
             "code_version": tags.get("edge.code_version"),
             "vm_host_fingerprint": None,
             "window": tags.get("edge.training_window"),
             "training_seconds": metrics.get("training_seconds"),
             "champion_version": None if champion_version in (None, "none") else champion_version,
+            # The training window's data profile (k-suppressed aggregates): what drift is measured against.
+            "reference_profile": self.outputs.read_json(artifacts, model_artifacts.REFERENCE_PROFILE_FILE),
             "studio_url": event.get("studio_url"),
             "compute": job.compute,
             "model_uri": naming.job_output_uri(name),
@@ -355,28 +365,21 @@ class AzureMLTrainingOperator(BaseOperator):
         )  # fmt: skip
         return result
 
-    def _fetch(self, job: str, local: Path) -> None:
+    def _find_outputs(self, job: str) -> dict[str, Any]:
+        """Describe the job's ``model`` output blobs (ETag, Content-MD5, size) for register_model to download."""
         prefix = naming.output_prefix(self.output_prefix, job)
-        container = self.blob_service.get_container_client(self.output_container)
-        partial = local.with_name(f"{local.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        from azure.core.exceptions import ResourceNotFoundError
-
-        for file in _OUTPUT_FILES:
-            try:
-                data = container.download_blob(prefix + file).readall()
-            except ResourceNotFoundError:
-                raise AzureMLError(
-                    f"Azure ML job {job} completed, but {file} is not in its output: checked blob "
-                    f"{self.output_container}/{prefix}{file} with connection {self.wasb_conn_id!r}. Check that "
-                    f"datastore {self.output_datastore!r} is container {self.output_container!r} of that storage "
-                    "account, and the job's logs in the studio."
-                ) from None
-            (partial / file).write_bytes(data)
-        shutil.rmtree(local, ignore_errors=True)
-        partial.rename(local)
-        self.log.info("Fetched model.onnx and metrics.json of Azure ML job %s to %s", job, local)
+        try:
+            artifacts = self.outputs.find_outputs(self.output_container, prefix)
+        except model_artifacts.ArtifactError as err:
+            raise AzureMLError(
+                f"Azure ML job {job} completed, but its output is incomplete: {err} Checked with connection "
+                f"{self.wasb_conn_id!r}: check that datastore {self.output_datastore!r} is container "
+                f"{self.output_container!r} of that storage account, and the job's logs in the studio."
+            ) from None
+        self.log.info(
+            "Azure ML job %s left %s in %s/%s", job, ", ".join(artifacts["blobs"]), self.output_container, prefix
+        )
+        return artifacts
 
     def _fail(self, job: str, event: dict[str, Any]) -> None:
         status = event.get("job_status")

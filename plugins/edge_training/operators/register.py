@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from airflow.sdk import BaseOperator
 from edge_training import config
 from edge_training.exceptions import DataValidationError, EdgeTrainingError
 from edge_training.lineage import lineage_tags, training_identity
+from edge_training.model_artifacts import REFERENCE_PROFILE_FILE, check_described
 from edge_training.operators.links import ModelCardLink, ModelVersionLink, record_version_links, ui_base_path
 from edge_training.promotion import find_identical, settle_champion
 from edge_training.schedule import triggering_drift
@@ -20,8 +22,9 @@ from edge_training.schedule import triggering_drift
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from edge_training.hooks.model_artifacts import ModelArtifactsHook
     from edge_training.model_card_store import PublishedCard
-    from edge_training.registry import ModelRegistry
+    from edge_training.registry import ModelRegistry, RegisteredModelVersion
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", "", "none"}
@@ -75,6 +78,11 @@ class RegisterModelOperator(BaseOperator):
     (``not_compared_champion_changed``). The champion moves by compare-and-set, so of two registrations finishing
     together exactly one can win.
 
+    The model comes from the site's blob storage, not from another task's disk: the blobs the training result
+    names (``training["artifacts"]``) are downloaded into a temporary folder of this task, each checked against
+    the ETag, size and Content-MD5 the training result recorded; the version is registered from there (with
+    ``reference_profile.json`` attached when training wrote one) and the folder is removed.
+
     An identical re-train (same data fingerprint, code version, hyperparameters, seed and windows) registers no
     copy: the existing version is reused (tagged ``edge.reused_by``) and goes through the gate again.
 
@@ -86,15 +94,16 @@ class RegisterModelOperator(BaseOperator):
     "previous_champion", "reused", "tags"}``.
 
     :param model_name: Registered model name.
-    :param training: The training task's result (XComArg or dict): ``job_id``, ``artifacts_dir`` (with
-        ``model.onnx`` and ``metrics.json``), ``metrics``, ``code_version``, ``vm_host_fingerprint``, ``window``,
-        ``training_seconds``. Templated.
+    :param training: The training task's result (XComArg or dict): ``job_id``, ``artifacts`` (the output blobs,
+        see :mod:`edge_training.model_artifacts`), ``metrics``, ``code_version``, ``vm_host_fingerprint``,
+        ``window``, ``training_seconds``. Templated.
     :param validation: The validation task's result (XComArg or dict). A result with ``success`` false is refused.
         Templated.
     :param metric: Holdout metric to compare (higher is better).
     :param margin: Minimum improvement over the champion needed to promote (``EDGE_PROMOTION_MARGIN``).
     :param force_promote: Promote whatever the scores (the manual-run Param ``force_promote``). Templated.
     :param registry_backend: Model registry backend ("mlflow"); None uses ``EDGE_MODEL_REGISTRY``.
+    :param wasb_conn_id: Blob connection of the site's storage holding the training output container.
     """
 
     template_fields = ("model_name", "training", "validation", "force_promote")
@@ -111,6 +120,7 @@ class RegisterModelOperator(BaseOperator):
         margin: float = config.PROMOTION_MARGIN,
         force_promote: Any = False,
         registry_backend: str | None = None,
+        wasb_conn_id: str = config.BLOB_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,6 +131,7 @@ class RegisterModelOperator(BaseOperator):
         self.margin = margin
         self.force_promote = force_promote
         self.registry_backend = registry_backend
+        self.wasb_conn_id = wasb_conn_id
 
     @cached_property
     def registry(self) -> ModelRegistry:
@@ -128,9 +139,14 @@ class RegisterModelOperator(BaseOperator):
 
         return get_model_registry(self.registry_backend)
 
+    @cached_property
+    def outputs(self) -> ModelArtifactsHook:
+        from edge_training.hooks.model_artifacts import ModelArtifactsHook
+
+        return ModelArtifactsHook(wasb_conn_id=self.wasb_conn_id)
+
     def execute(self, context: Context) -> dict[str, Any]:
-        # Run-time only, kept out of DAG parsing: the drift profile code and the model card builder.
-        from edge_training.drift import REFERENCE_PROFILE_FILE
+        # Run-time only, kept out of DAG parsing: the model card builder.
         from edge_training.model_card_store import CARD_URL_TAG
 
         training = _as_dict("training", self.training)
@@ -142,11 +158,12 @@ class RegisterModelOperator(BaseOperator):
                 f"success=false (Data Docs: {validation.get('data_docs')}). A model trained on data that failed "
                 "validation is not registered. Fix the data and re-run the DAG run."
             )
-        if not training.get("artifacts_dir"):
+        if not training.get("artifacts"):
             raise EdgeTrainingError(
-                f"Checked the training result for artifacts_dir: not found (keys: {sorted(training)}). "
-                "Pass the training task's output as training=."
+                f"Checked the training result for artifacts (the output blobs to register): not found (keys: "
+                f"{sorted(training)}). Pass the training task's output as training=."
             )
+        artifacts = check_described(training["artifacts"])
 
         ti = context["ti"]
         run_id = ti.run_id
@@ -173,12 +190,7 @@ class RegisterModelOperator(BaseOperator):
             )  # fmt: skip
             registry.set_tags(self.model_name, version.version, {"edge.reused_by": run_id})
         else:
-            version = registry.register(self.model_name, Path(training["artifacts_dir"]), registration_key, tags)
-            reference = Path(training["artifacts_dir"]) / REFERENCE_PROFILE_FILE
-            if reference.is_file():
-                # The training window's data profile, what edge_drift_check measures drift against: kept with the
-                # version it describes (attaching again on a retry replaces it).
-                registry.attach_file(self.model_name, version.version, reference)
+            version = self._register(artifacts, registration_key, tags)
 
         decision, previous, decided = settle_champion(
             registry,
@@ -214,6 +226,22 @@ class RegisterModelOperator(BaseOperator):
             "reused": reused,
             "tags": {**(version.tags if reused else tags), **decided, CARD_URL_TAG: card.url},
         }
+
+    def _register(self, artifacts: dict[str, Any], registration_key: str, tags: dict[str, str]) -> RegisteredModelVersion:
+        """Download the training outputs into a folder of this task's own, register from there, remove it."""
+        with tempfile.TemporaryDirectory(prefix="edge-register-") as tmp:
+            folder = self.outputs.download(artifacts, Path(tmp))
+            self.log.info(
+                "Downloaded %s of the training outputs in %s/%s (ETag, size and MD5 checked)",
+                ", ".join(artifacts["blobs"]), artifacts["container"], artifacts.get("prefix", ""),
+            )  # fmt: skip
+            version = self.registry.register(self.model_name, folder, registration_key, tags)
+            reference = folder / REFERENCE_PROFILE_FILE
+            if reference.is_file():
+                # The training window's data profile, what edge_drift_check measures drift against: kept with the
+                # version it describes (attaching again on a retry replaces it).
+                self.registry.attach_file(self.model_name, version.version, reference)
+        return version
 
     def _publish_card(self, version: str, document: Any) -> PublishedCard:
         """Write the version's model card (after the decision, which it shows) and point the extra links at it."""

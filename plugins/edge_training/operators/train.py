@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from edge_training import config, remote_job
+from edge_training import config, model_artifacts, remote_job
 from edge_training.exceptions import EdgeTrainingError, EdgeVMJobError, EdgeVMUnreachableError
 from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 from edge_training.window import run_window
@@ -25,9 +24,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from edge_training.hooks.edge_vm import EdgeVMHook
-
-# Marks a local artifacts dir as complete: a retry that finds it reuses it instead of fetching again.
-_ARTIFACTS_COMPLETE = ".complete"
+    from edge_training.hooks.model_artifacts import ModelArtifactsHook
 
 
 def _as_seconds(value: float | timedelta | None) -> float | None:
@@ -45,10 +42,18 @@ class EdgeVMTrainingOperator(BaseOperator):
     the task; the next try (an automatic retry, or a clear after a fix) sets it aside on the VM and trains
     again. Bad input (train.py exit code 2) is not retried automatically, since the same input fails the same way.
 
-    Returns ``{"job_id", "artifacts_dir", "metrics", "code_version", "vm_host_fingerprint", "window",
-    "training_seconds", "champion_version"}``: ``artifacts_dir`` holds ``model.onnx`` and ``metrics.json``,
-    ``metrics`` is the metrics.json document, ``champion_version`` the champion scored on the same holdout
-    (None when there was none).
+    When the job has finished, its ``out/`` folder is fetched from the VM to a temporary folder and its
+    ``model.onnx``, ``metrics.json`` and ``reference_profile.json`` are uploaded to the training output container
+    (``output_container``, under ``<output_prefix>/<job id>/``, with a completion marker written last); only then is
+    the job dir on the VM cleaned up. A retry that finds the complete upload reuses it, whether or not the VM
+    still has its copy.
+
+    Returns ``{"job_id", "artifacts", "metrics", "code_version", "vm_host_fingerprint", "window",
+    "training_seconds", "champion_version", "reference_profile"}``: ``artifacts`` names the uploaded blobs
+    (``{"container", "prefix", "blobs": {file: {"name", "etag", "content_md5", "size"}}}``, see
+    :mod:`edge_training.model_artifacts`; no local path), ``metrics`` is the metrics.json document,
+    ``champion_version`` the champion scored on the same holdout (None when there was none), ``reference_profile``
+    the training window's data profile.
 
     :param ssh_conn_id: SSH connection of the edge VM (with its pinned ``host_key``).
     :param wasb_conn_id: Blob connection. The VM reads the data itself with a SAS derived from it: read and list
@@ -59,6 +64,10 @@ class EdgeVMTrainingOperator(BaseOperator):
         of validated blobs goes to the job, which trains exactly those blobs and fails (exit code 2, no retry)
         if one changed since. None lets train.py list the window itself.
     :param container: Blob container with the daily partitions.
+    :param output_container: Blob container (same connection) the job's outputs are uploaded to, created when
+        missing (``EDGE_OUTPUT_CONTAINER``).
+    :param output_prefix: Folder in ``output_container`` holding one ``<job id>/`` folder per job
+        (``EDGE_OUTPUT_PREFIX``).
     :param window_days: Length of the training window in days (templated).
     :param window_end: End date of the training window (``YYYY-MM-DD``, exclusive) replacing the data interval
         end, for a manual re-train of a past window; empty keeps the interval end. Templated.
@@ -87,6 +96,8 @@ class EdgeVMTrainingOperator(BaseOperator):
         ssh_conn_id: str = config.VM_CONN_ID,
         wasb_conn_id: str = config.BLOB_CONN_ID,
         container: str = config.BLOB_CONTAINER,
+        output_container: str = config.OUTPUT_CONTAINER,
+        output_prefix: str = config.OUTPUT_PREFIX,
         window_days: int | str = config.TRAINING_WINDOW_DAYS,
         window_end: str | None = None,
         model_name: str = config.MODEL_NAME,
@@ -107,6 +118,8 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.ssh_conn_id = ssh_conn_id
         self.wasb_conn_id = wasb_conn_id
         self.container = container
+        self.output_container = output_container
+        self.output_prefix = output_prefix
         self.window_days = window_days
         self.window_end = window_end
         self.model_name = model_name
@@ -130,6 +143,12 @@ class EdgeVMTrainingOperator(BaseOperator):
         from edge_training.hooks.edge_vm import EdgeVMHook
 
         return EdgeVMHook(ssh_conn_id=self.ssh_conn_id)
+
+    @cached_property
+    def outputs(self) -> ModelArtifactsHook:
+        from edge_training.hooks.model_artifacts import ModelArtifactsHook
+
+        return ModelArtifactsHook(wasb_conn_id=self.wasb_conn_id)
 
     # -- remote helpers -------------------------------------------------------------------------------------
 
@@ -192,6 +211,15 @@ class EdgeVMTrainingOperator(BaseOperator):
             status = self._status(job)
 
         if status.state == "missing":
+            # The job dir may be gone from the VM (swept, or removed by hand) after its outputs were uploaded.
+            done = self.outputs.find_complete(self.output_container, self._prefix(job))
+            if done is not None:
+                self.log.info(
+                    "Edge VM job %s is gone from the VM, but its outputs are completely uploaded to %s/%s: "
+                    "reusing them, not training again", job, self.output_container, self._prefix(job),
+                )  # fmt: skip
+                ti.xcom_push(key="job_id", value=job)
+                return self._result(job, *done)
             self._sweep(base)
             status = self._submit_or_discard(context, job)
         else:
@@ -422,8 +450,6 @@ class EdgeVMTrainingOperator(BaseOperator):
             self._close_hook()
 
     def _complete(self, event: dict[str, Any]) -> dict[str, Any]:
-        from edge_training import drift  # the profile code is run-time only: kept out of DAG parsing
-
         job = event["job_id"]
         self._job_id = job
         if event.get("unreachable"):
@@ -447,26 +473,46 @@ class EdgeVMTrainingOperator(BaseOperator):
 
         status = self._status(job)
         meta = status.job or {}
-        local = Path(config.ARTIFACTS_DIR) / job
-        if (local / _ARTIFACTS_COMPLETE).exists():
-            self.log.info("Artifacts of edge VM job %s already fetched to %s: reusing them", job, local)
+        prefix = self._prefix(job)
+        done = self.outputs.find_complete(self.output_container, prefix)
+        if done is not None:
+            self.log.info(
+                "Outputs of edge VM job %s are already uploaded to %s/%s: reusing them",
+                job, self.output_container, prefix,
+            )  # fmt: skip
         else:
-            self._fetch(base, job, local)
+            about = {
+                "code_version": meta.get("code_version"),
+                "vm_host_fingerprint": self.hook.presented_host_key_fingerprint(),
+                "window": meta.get("window"),
+                "training_seconds": status.training_seconds,
+                "champion_version": meta.get("champion_version"),
+            }
+            with tempfile.TemporaryDirectory(prefix="edge-job-out-") as tmp:
+                self._fetch(base, job, Path(tmp))
+                done = self.outputs.upload_outputs(self.output_container, prefix, Path(tmp), about), about
+        # Only now, with the outputs in the site's storage, may the VM's copy go.
         self._job_script(remote_job.cleanup_command(base, job), "clean up job dir")
+        return self._result(job, *done)
 
-        metrics = json.loads((local / "metrics.json").read_text())
+    def _prefix(self, job: str) -> str:
+        return model_artifacts.output_prefix(self.output_prefix, job)
+
+    def _result(self, job: str, artifacts: dict[str, Any], about: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's result, from the uploaded outputs and what the upload marker says about the job."""
+        metrics = self.outputs.read_json(artifacts, model_artifacts.METRICS_FILE)
         result = {
             "job_id": job,
-            "artifacts_dir": str(local),
+            "artifacts": artifacts,
             "metrics": metrics,
-            "code_version": meta.get("code_version"),
-            "vm_host_fingerprint": self.hook.presented_host_key_fingerprint(),
-            "window": meta.get("window"),
-            "training_seconds": status.training_seconds,
+            "code_version": about.get("code_version"),
+            "vm_host_fingerprint": about.get("vm_host_fingerprint"),
+            "window": about.get("window"),
+            "training_seconds": about.get("training_seconds"),
             # Which champion train.py scored on the same holdout; the registry step compares only against it.
-            "champion_version": meta.get("champion_version"),
+            "champion_version": about.get("champion_version"),
             # The training window's data profile (k-suppressed aggregates): what drift is measured against.
-            "reference_profile": drift.read_profile(local / drift.REFERENCE_PROFILE_FILE),
+            "reference_profile": self.outputs.read_json(artifacts, model_artifacts.REFERENCE_PROFILE_FILE),
         }
         primary = metrics.get("primary_metric")
         self.log.info(
@@ -477,29 +523,26 @@ class EdgeVMTrainingOperator(BaseOperator):
         return result
 
     def _fetch(self, base: str, job: str, local: Path) -> None:
+        """Copy the job's out/ from the VM into the (temporary) folder ``local``."""
         remote_out = remote_job.RemoteLayout(base).job_file(job, "out")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f"{local.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        prefix = model_artifacts.output_prefix(self.output_prefix, job)
         try:
-            self.hook.get_dir(remote_out, partial)
+            self.hook.get_dir(remote_out, local)
         except FileNotFoundError as err:
             raise EdgeVMJobError(
-                f"Edge VM job {job} succeeded, but its outputs {remote_out} are gone from the VM and not in "
-                f"{local} on this worker (they were fetched and cleaned up by a worker with another "
-                "EDGE_ARTIFACTS_DIR?). Point EDGE_ARTIFACTS_DIR at storage all workers share, or remove the job "
-                "dir on the VM and clear the task to train again."
+                f"Edge VM job {job} succeeded, but its outputs {remote_out} are gone from the VM and no complete "
+                f"upload of them is in {self.output_container}/{prefix} (connection {self.wasb_conn_id!r}; checked "
+                f"for {model_artifacts.COMPLETE_MARKER} and the ETags it names). Check that every worker's blob "
+                "connection points at the site's storage account, or remove the job dir on the VM and clear the "
+                "task to train again."
             ) from err
-        missing = [name for name in ("model.onnx", "metrics.json") if not (partial / name).is_file()]
+        missing = [name for name in model_artifacts.REQUIRED_FILES if not (local / name).is_file()]
         if missing:
             raise EdgeVMJobError(
                 f"Edge VM job {job} exited 0 but its out/ lacks {', '.join(missing)}; "
                 f"train.py must write model.onnx and metrics.json to --out. Check train.log in the job dir on the VM."
             )
-        (partial / _ARTIFACTS_COMPLETE).touch()
-        shutil.rmtree(local, ignore_errors=True)
-        partial.rename(local)
-        self.log.info("Fetched model.onnx and metrics.json of edge VM job %s to %s", job, local)
+        self.log.info("Fetched the outputs of edge VM job %s from the VM", job)
 
     def _tidy(self, command: str, job: str) -> None:
         """Clean up on the VM on the way to a failure: a cleanup error is logged, not raised over the real one."""

@@ -85,8 +85,8 @@ def get_model_registry(backend: str | None = None) -> ModelRegistry:
         return AzureMLModelRegistry(
             os.getenv("EDGE_AZUREML_CONN_ID") or config.AZUREML_CONN_ID,
             os.getenv("EDGE_BLOB_CONN_ID") or config.BLOB_CONN_ID,
-            os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER") or config.AZUREML_OUTPUT_CONTAINER,
-            os.getenv("EDGE_AZUREML_OUTPUT_PREFIX") or config.AZUREML_OUTPUT_PREFIX,
+            config.output_container(),
+            config.output_prefix(),
         )
     raise ValueError(
         f"Model registry: unknown backend {name!r} (from the operator's registry_backend or EDGE_MODEL_REGISTRY). "

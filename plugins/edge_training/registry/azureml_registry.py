@@ -67,8 +67,8 @@ class AzureMLModelRegistry:
         self,
         azureml_conn_id: str = config.AZUREML_CONN_ID,
         wasb_conn_id: str = config.BLOB_CONN_ID,
-        output_container: str = config.AZUREML_OUTPUT_CONTAINER,
-        output_prefix: str = config.AZUREML_OUTPUT_PREFIX,
+        output_container: str = config.OUTPUT_CONTAINER,
+        output_prefix: str = config.OUTPUT_PREFIX,
     ) -> None:
         self.azureml_conn_id = azureml_conn_id
         self.wasb_conn_id = wasb_conn_id
