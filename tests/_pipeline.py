@@ -51,14 +51,20 @@ def schedule_away_from_now(now: dt.datetime | None = None) -> str:
 
 
 def isolated_settings(work: Path, container: str) -> dict[str, str]:
-    """Settings that give a run its own data container, MLflow registry, reports and fetched artifacts."""
+    """Settings that give a run its own data container, MLflow registry and reports."""
     (work / "mlflow").mkdir(parents=True, exist_ok=True)
     return {
         "EDGE_BLOB_CONTAINER": container,
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
         "EDGE_MLFLOW_ARTIFACTS_DIR": str(work / "mlflow" / "artifacts"),
         "EDGE_REPORTS_DIR": str(work / "reports"),
-        "EDGE_ARTIFACTS_DIR": str(work / "artifacts"),
         "EDGE_VM_WORK_DIR": VM_WORK_DIR,
         "EDGE_TRAINING_POLL_INTERVAL_S": "2",
     }
+
+
+def download_outputs(training: dict, folder: Path, wasb_conn_id: str = "edge_blob") -> Path:
+    """Download the output blobs a training result names into ``folder`` (checked, as register_model does)."""
+    from edge_training.hooks.model_artifacts import ModelArtifactsHook
+
+    return ModelArtifactsHook(wasb_conn_id).download(training["artifacts"], folder)

@@ -58,9 +58,14 @@ VM_REQUIRE_GPU = os.getenv("EDGE_VM_REQUIRE_GPU", "false").lower() in ("1", "tru
 VM_REQUIRE_DOCKER = os.getenv("EDGE_VM_REQUIRE_DOCKER", "false").lower() in ("1", "true", "yes")
 
 # Training outputs (model.onnx, metrics.json, reference_profile.json) of both training backends: in the site's own
-# blob storage (the blob connection), container EDGE_OUTPUT_CONTAINER, one <EDGE_OUTPUT_PREFIX>/<job id>/ folder per
-# job. register_model reads them from there, so training and registration may run on different workers. The
-# EDGE_AZUREML_OUTPUT_* names of earlier releases still work when the new ones are unset.
+# blob storage, container EDGE_OUTPUT_CONTAINER, one <EDGE_OUTPUT_PREFIX>/<job id>/ folder per job. register_model
+# reads them from there, so training and registration may run on different workers. The EDGE_AZUREML_OUTPUT_* names
+# of earlier releases still work when the new ones are unset. The outputs are written with EDGE_OUTPUT_CONN_ID,
+# the blob connection itself by default; a site whose blob connection holds a read-only SAS of the data container
+# names a connection here that may write the output container.
+OUTPUT_CONN_ID = os.getenv("EDGE_OUTPUT_CONN_ID") or BLOB_CONN_ID
+
+
 def output_container() -> str:
     """The training output container, read from the environment now."""
     return os.getenv("EDGE_OUTPUT_CONTAINER") or os.getenv("EDGE_AZUREML_OUTPUT_CONTAINER") or "models"

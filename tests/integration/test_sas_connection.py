@@ -37,7 +37,9 @@ def test_a_run_on_a_sas_connection_shows_its_signature_nowhere(pipeline, vm_work
     connection_string, signature = sas_connection(pipeline)
     conn = json.dumps({"conn_type": "wasb", "extra": {"connection_string": connection_string}})
 
-    run = pipeline.run(dt.date(2026, 6, 13), env={"AIRFLOW_CONN_EDGE_BLOB": conn})
+    # The read+list SAS cannot write the training output container: the outputs go with a connection of their own.
+    run = pipeline.run(dt.date(2026, 6, 13), env={"AIRFLOW_CONN_EDGE_BLOB": conn, "EDGE_OUTPUT_CONN_ID": "edge_output",
+                                                  "AIRFLOW_CONN_EDGE_OUTPUT": pipeline.env["AIRFLOW_CONN_EDGE_BLOB"]})
 
     assert_succeeded(run)
     assert "holds a SAS, not an account key: the edge VM gets that SAS" in run.log

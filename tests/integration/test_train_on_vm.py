@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edge_training import remote_job
+from tests._pipeline import download_outputs
 from tests.unit._sensor_data import partition_csvs, upload
 
 pytestmark = pytest.mark.integration
@@ -113,7 +114,6 @@ def test_trains_on_the_vm_and_brings_back_only_model_and_metrics(edge_env, vm, c
                                                                    capsys, caplog):  # fmt: skip
     from edge_training import config
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     context = make_context(f"manual__{uuid.uuid4().hex}")
     validation = validation_of(edge_env, container)
@@ -133,9 +133,17 @@ def test_trains_on_the_vm_and_brings_back_only_model_and_metrics(edge_env, vm, c
     assert result["vm_host_fingerprint"] == hook.host_key_fingerprint()
     assert result["metrics"]["metrics"]["roc_auc"] > 0.6
     assert result["training_seconds"] > 0
-    artifacts = Path(result["artifacts_dir"])
-    assert artifacts == tmp_path / "artifacts" / job
-    assert {"model.onnx", "metrics.json"} <= {p.name for p in artifacts.iterdir()}
+    # The outputs are in the site's output container under the job's folder; the result names blobs, not a path.
+    artifacts = result["artifacts"]
+    assert artifacts["container"] == "models" and artifacts["prefix"] == f"edge-training/{job}/"
+    assert set(artifacts["blobs"]) == {"model.onnx", "metrics.json", "reference_profile.json"}
+    assert all(b["name"] == artifacts["prefix"] + f and b["etag"] and b["content_md5"] and b["size"] > 0
+               for f, b in artifacts["blobs"].items())  # fmt: skip
+    fetched = download_outputs(result, tmp_path / "fetched")
+    assert json.loads((fetched / "metrics.json").read_text()) == result["metrics"]
+    assert json.loads((fetched / "reference_profile.json").read_text()) == result["reference_profile"]
+    # No local path for another task to read: every value is data, not a folder on this worker.
+    assert "artifacts_dir" not in result and not any(isinstance(v, str) and Path(v).exists() for v in result.values())
 
     # On the VM: the log and the job record stay; data, outputs and credentials are gone.
     left = job_files(hook, base, job)
@@ -168,7 +176,6 @@ def test_a_crashed_worker_and_a_retry_reattach_to_the_one_job(edge_env, vm, cont
     from edge_training import config
     from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     run_id = f"scheduled__{uuid.uuid4().hex}"
 
@@ -197,12 +204,12 @@ def test_a_crashed_worker_and_a_retry_reattach_to_the_one_job(edge_env, vm, cont
     event = asyncio.run(asyncio.wait_for(first_event(), timeout=600))
     assert event["status"] == "success", event
     result = make_operator(container).execute_complete(context, event)
-    assert Path(result["artifacts_dir"], "model.onnx").exists()
+    assert result["artifacts"]["blobs"]["model.onnx"]["size"] > 0
 
     # A retry after the job finished (outputs already fetched and cleaned on the VM) starts nothing new and
     # returns the same model.
     again = make_operator(container, deferrable=False).execute(make_context(run_id))
-    assert again["artifacts_dir"] == result["artifacts_dir"] and again["metrics"] == result["metrics"]
+    assert again["artifacts"] == result["artifacts"] and again["metrics"] == result["metrics"]
     assert int(hook.run(f"cat {base}/jobs/{job}/pid").stdout) == pid
     assert trainings_of(hook, base, job) == 1
 
@@ -213,7 +220,6 @@ def test_bad_input_fails_at_once_with_the_log_tail_and_leaves_no_credentials(edg
 
     from edge_training import config
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     context = make_context(f"manual__{uuid.uuid4().hex}")
     context["data_interval_end"] = dt.datetime(2025, 1, 10, tzinfo=dt.timezone.utc)  # no data in that window
@@ -234,14 +240,13 @@ def test_the_champion_is_scored_on_the_same_holdout(edge_env, vm, container, tmp
     from edge_training import config
     from edge_training.registry import get_model_registry
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     model_name = f"test-model-{uuid.uuid4().hex[:8]}"
     first = make_operator(container, deferrable=False, model_name=model_name).execute(
         make_context(f"manual__{uuid.uuid4().hex}")
     )
     assert first["champion_version"] is None and first["metrics"]["champion_metrics"] is None
     registry = get_model_registry()
-    champion = registry.register(model_name, Path(first["artifacts_dir"]), first["job_id"], {})
+    champion = registry.register(model_name, download_outputs(first, tmp_path / "first"), first["job_id"], {})
     registry.promote(model_name, champion.version, expected=None)
 
     second = make_operator(container, deferrable=False, model_name=model_name).execute(
@@ -260,7 +265,6 @@ def test_on_kill_stops_the_job_and_the_next_try_trains_again(edge_env, vm, conta
 
     from edge_training import config
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     run_id = f"manual__{uuid.uuid4().hex}"
     operator = make_operator(container)
@@ -302,7 +306,6 @@ def test_the_vm_gets_a_read_list_sas_until_the_timeout_and_the_job_deletes_it(ed
 
     from edge_training import config
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     hook, base = vm
     context = make_context(f"manual__{uuid.uuid4().hex}")
     operator = make_operator(container, timeout=1800, validation=validation_of(edge_env, container))
@@ -369,10 +372,12 @@ def test_a_blob_rewritten_after_validation_fails_at_once_saying_to_validate_agai
     from edge_training import config, notify
     from scripts.edge_stack import AZURITE_ACCOUNT, AZURITE_KEY
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     name = own_container.container_name
     sas = generate_container_sas(AZURITE_ACCOUNT, name, account_key=AZURITE_KEY, permission="rl",
                                  expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))  # fmt: skip
+    # The outputs go with a connection of their own: the read+list SAS cannot write the output container.
+    monkeypatch.setenv("AIRFLOW_CONN_EDGE_OUTPUT", json.dumps({"conn_type": "wasb", "extra": {
+        "connection_string": edge_env.blob_connection_string}}))
     monkeypatch.setenv("AIRFLOW_CONN_EDGE_BLOB", json.dumps({"conn_type": "wasb", "extra": {
         "connection_string": f"BlobEndpoint={edge_env.blob_endpoint};SharedAccessSignature={sas}"}}))
     validation = validation_of(edge_env, name)
@@ -381,7 +386,7 @@ def test_a_blob_rewritten_after_validation_fails_at_once_saying_to_validate_agai
     context = make_context(f"manual__{uuid.uuid4().hex}")
 
     with pytest.raises(AirflowFailException) as failure:
-        make_operator(name, deferrable=False, validation=validation).execute(context)
+        make_operator(name, deferrable=False, validation=validation, output_conn_id="edge_output").execute(context)
 
     message = str(failure.value)
     assert "train.py exited with code 2" in message and "a retry cannot help" in message

@@ -90,8 +90,8 @@ class ModelArtifactsHook:
             path = folder / file
             md5 = _file_md5(path)
             with open(path, "rb") as data:
-                written = client.upload_blob(
-                    prefix + file, data, overwrite=True, content_settings=ContentSettings(content_md5=bytearray(md5))
+                written = client.get_blob_client(prefix + file).upload_blob(
+                    data, overwrite=True, content_settings=ContentSettings(content_md5=bytearray(md5))
                 )
             described[file] = blob_entry(prefix + file, written["etag"], md5_text(md5), path.stat().st_size)
         artifacts = describe(container, prefix, described)

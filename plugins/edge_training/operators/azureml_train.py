@@ -55,7 +55,8 @@ class AzureMLTrainingOperator(BaseOperator):
     ``"studio_url"``, ``"compute"`` and ``"model_uri"`` (``azureml://jobs/<job>/outputs/model``).
 
     :param azureml_conn_id: Airflow ``azure`` connection of the workspace (see ``AzureMLHook``).
-    :param wasb_conn_id: Blob connection of the Stack Hub storage account holding the output container.
+    :param wasb_conn_id: Blob connection of the Stack Hub storage account holding the output container
+        (``EDGE_OUTPUT_CONN_ID``, by default the blob connection).
     :param compute: Compute target in the workspace (Arc-enabled Kubernetes or attached VM on Stack Hub).
     :param experiment_name: Azure ML experiment the jobs are grouped under.
     :param container: Blob container with the daily partitions (the data datastore's container).
@@ -91,7 +92,7 @@ class AzureMLTrainingOperator(BaseOperator):
         self,
         *,
         azureml_conn_id: str = config.AZUREML_CONN_ID,
-        wasb_conn_id: str = config.BLOB_CONN_ID,
+        wasb_conn_id: str = config.OUTPUT_CONN_ID,
         compute: str = config.AZUREML_COMPUTE,
         experiment_name: str = config.AZUREML_EXPERIMENT,
         container: str = config.BLOB_CONTAINER,

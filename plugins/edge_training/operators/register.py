@@ -103,7 +103,8 @@ class RegisterModelOperator(BaseOperator):
     :param margin: Minimum improvement over the champion needed to promote (``EDGE_PROMOTION_MARGIN``).
     :param force_promote: Promote whatever the scores (the manual-run Param ``force_promote``). Templated.
     :param registry_backend: Model registry backend ("mlflow"); None uses ``EDGE_MODEL_REGISTRY``.
-    :param wasb_conn_id: Blob connection of the site's storage holding the training output container.
+    :param wasb_conn_id: Blob connection of the site's storage holding the training output container
+        (``EDGE_OUTPUT_CONN_ID``, by default the blob connection).
     """
 
     template_fields = ("model_name", "training", "validation", "force_promote")
@@ -120,7 +121,7 @@ class RegisterModelOperator(BaseOperator):
         margin: float = config.PROMOTION_MARGIN,
         force_promote: Any = False,
         registry_backend: str | None = None,
-        wasb_conn_id: str = config.BLOB_CONN_ID,
+        wasb_conn_id: str = config.OUTPUT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

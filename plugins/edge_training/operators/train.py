@@ -64,8 +64,10 @@ class EdgeVMTrainingOperator(BaseOperator):
         of validated blobs goes to the job, which trains exactly those blobs and fails (exit code 2, no retry)
         if one changed since. None lets train.py list the window itself.
     :param container: Blob container with the daily partitions.
-    :param output_container: Blob container (same connection) the job's outputs are uploaded to, created when
-        missing (``EDGE_OUTPUT_CONTAINER``).
+    :param output_conn_id: Blob connection the outputs are uploaded with (``EDGE_OUTPUT_CONN_ID``, by default
+        the blob connection): it needs read, write and create on ``output_container``.
+    :param output_container: Blob container the job's outputs are uploaded to, created when missing
+        (``EDGE_OUTPUT_CONTAINER``).
     :param output_prefix: Folder in ``output_container`` holding one ``<job id>/`` folder per job
         (``EDGE_OUTPUT_PREFIX``).
     :param window_days: Length of the training window in days (templated).
@@ -96,6 +98,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         ssh_conn_id: str = config.VM_CONN_ID,
         wasb_conn_id: str = config.BLOB_CONN_ID,
         container: str = config.BLOB_CONTAINER,
+        output_conn_id: str = config.OUTPUT_CONN_ID,
         output_container: str = config.OUTPUT_CONTAINER,
         output_prefix: str = config.OUTPUT_PREFIX,
         window_days: int | str = config.TRAINING_WINDOW_DAYS,
@@ -118,6 +121,7 @@ class EdgeVMTrainingOperator(BaseOperator):
         self.ssh_conn_id = ssh_conn_id
         self.wasb_conn_id = wasb_conn_id
         self.container = container
+        self.output_conn_id = output_conn_id
         self.output_container = output_container
         self.output_prefix = output_prefix
         self.window_days = window_days
@@ -148,7 +152,7 @@ class EdgeVMTrainingOperator(BaseOperator):
     def outputs(self) -> ModelArtifactsHook:
         from edge_training.hooks.model_artifacts import ModelArtifactsHook
 
-        return ModelArtifactsHook(wasb_conn_id=self.wasb_conn_id)
+        return ModelArtifactsHook(wasb_conn_id=self.output_conn_id)
 
     # -- remote helpers -------------------------------------------------------------------------------------
 
@@ -532,9 +536,9 @@ class EdgeVMTrainingOperator(BaseOperator):
             raise EdgeVMJobError(
                 f"Edge VM job {job} succeeded, but its outputs {remote_out} are gone from the VM and no complete "
                 f"upload of them is in {self.output_container}/{prefix} (connection {self.wasb_conn_id!r}; checked "
-                f"for {model_artifacts.COMPLETE_MARKER} and the ETags it names). Check that every worker's blob "
-                "connection points at the site's storage account, or remove the job dir on the VM and clear the "
-                "task to train again."
+                f"for {model_artifacts.COMPLETE_MARKER} and the ETags it names, connection {self.output_conn_id!r}). "
+                "Check that every worker's output connection points at the site's storage account, or remove the "
+                "job dir on the VM and clear the task to train again."
             ) from err
         missing = [name for name in model_artifacts.REQUIRED_FILES if not (local / name).is_file()]
         if missing:

@@ -84,7 +84,7 @@ def get_model_registry(backend: str | None = None) -> ModelRegistry:
 
         return AzureMLModelRegistry(
             os.getenv("EDGE_AZUREML_CONN_ID") or config.AZUREML_CONN_ID,
-            os.getenv("EDGE_BLOB_CONN_ID") or config.BLOB_CONN_ID,
+            os.getenv("EDGE_OUTPUT_CONN_ID") or os.getenv("EDGE_BLOB_CONN_ID") or config.BLOB_CONN_ID,
             config.output_container(),
             config.output_prefix(),
         )
