@@ -68,3 +68,17 @@ def download_outputs(training: dict, folder: Path, wasb_conn_id: str = "edge_blo
     from edge_training.hooks.model_artifacts import ModelArtifactsHook
 
     return ModelArtifactsHook(wasb_conn_id).download(training["artifacts"], folder)
+
+
+def stage_outputs(folder: Path, job: str, wasb_conn_id: str = "edge_blob", container: str = "models") -> dict:
+    """Upload a training job's outputs in ``folder`` as the training task does; return the result's ``artifacts``.
+
+    Each call uses a prefix of its own, so tests that reuse a job id never see each other's blobs.
+    """
+    import uuid
+
+    from edge_training.hooks.model_artifacts import ModelArtifactsHook
+    from edge_training.model_artifacts import output_prefix
+
+    prefix = output_prefix(f"test-{uuid.uuid4().hex[:10]}", job)
+    return ModelArtifactsHook(wasb_conn_id).upload_outputs(container, prefix, folder, {})

@@ -13,6 +13,7 @@ import pytest
 
 from edge_training.exceptions import DataValidationError, ModelRegistryError
 from edge_training.operators.register import RegisterModelOperator
+from tests._pipeline import stage_outputs
 from edge_training.registry import (
     CHAMPION_ALIAS,
     REGISTRATION_COMPLETE_TAG,
@@ -169,7 +170,7 @@ def _training(folder: Path, job_id: str, champion_roc_auc: float | None) -> dict
     document["data_fingerprint"] = f"sha256:{job_id}"
     return {
         "job_id": job_id,
-        "artifacts_dir": str(folder),
+        "folder": str(folder),
         "metrics": document,
         "code_version": "c0de",
         "vm_host_fingerprint": "SHA256:vm",
@@ -190,6 +191,8 @@ VALIDATION = {
 
 
 def _run_operator(training: dict, force="{{ params.force_promote }}", validation=VALIDATION, run_id="manual__1"):
+    # As the training task leaves it: the outputs in the site's output container, named in the result.
+    training = {**training, "artifacts": stage_outputs(Path(training["folder"]), training["job_id"])}
     op = RegisterModelOperator(
         task_id="register_model", model_name=MODEL, training=training, validation=validation, force_promote=force
     )
@@ -203,7 +206,7 @@ def _run_operator(training: dict, force="{{ params.force_promote }}", validation
     return op.execute(context)
 
 
-def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys):
+def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys, edge_env):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     registry = get_model_registry()
@@ -248,7 +251,7 @@ def test_operator_registers_and_gates_the_champion(monkeypatch, tmp_path, capsys
     assert registry.get_champion(MODEL).version == forced["version"] == "4"
 
 
-def test_operator_refuses_a_failed_validation(monkeypatch, tmp_path):
+def test_operator_refuses_a_failed_validation(monkeypatch, tmp_path, edge_env):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     good, _ = _build_artifacts(tmp_path / "good", seed=1, roc_auc=0.91)

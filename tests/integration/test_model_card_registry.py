@@ -22,6 +22,7 @@ from edge_training.operators.register import RegisterModelOperator
 from edge_training.registry import get_model_registry
 from tests._model_card import trained_document
 from tests._models import write_model
+from tests._pipeline import stage_outputs
 from tests._residency import RowSignatures, scan_text
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,7 @@ def _register(folder: Path, document: dict, job: str, run_id: str,
               **extra_context: object) -> tuple[RegisterModelOperator, dict]:  # fmt: skip
     op = RegisterModelOperator(
         task_id="register_model", model_name=MODEL,
-        training={"job_id": job, "artifacts_dir": str(folder), "metrics": document, "code_version": "c0de",
+        training={"job_id": job, "artifacts": stage_outputs(folder, job), "metrics": document, "code_version": "c0de",
                   "vm_host_fingerprint": "SHA256:vmkey", "window": "2026-11-01/2026-11-06"},
         validation={"window": "2026-11-01/2026-11-06", "partitions": ["dt=2026-11-01"], "row_count": 7500,
                     "data_fingerprint": document["data_fingerprint"], "validation_id": f"val-{job}", "success": True},
@@ -75,7 +76,7 @@ def _register(folder: Path, document: dict, job: str, run_id: str,
 
 
 @pytest.fixture
-def tracking(monkeypatch, tmp_path) -> str:
+def tracking(monkeypatch, tmp_path, edge_env) -> str:
     """A fresh MLflow registry (SQLite) and reports folder under ``tmp_path``, as the registry and cards read them."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -138,7 +139,7 @@ def test_each_version_gets_a_stored_card_linked_from_its_tags_and_task(tracking,
         assert scan_text(str(path), path.read_text(), signatures) == [], path
 
 
-def test_rebuild_without_the_training_figures_keeps_the_card(monkeypatch, tmp_path, trainings):
+def test_rebuild_without_the_training_figures_keeps_the_card(monkeypatch, tmp_path, trainings, edge_env):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("EDGE_REPORTS_DIR", str(tmp_path / "reports"))

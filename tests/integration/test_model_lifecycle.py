@@ -18,6 +18,7 @@ import pytest
 from edge_training.exceptions import RollbackRefusedError
 from edge_training.lineage import lineage_tags
 from edge_training.operators.register import RegisterModelOperator
+from tests._pipeline import stage_outputs
 from edge_training.promotion import rollback_champion, settle_champion
 from edge_training.registry import CHAMPION_ALIAS, MLflowModelRegistry
 from tests._models import write_model
@@ -53,13 +54,13 @@ def _training(onnx_dir: Path, job: str, document: dict, champion_version: str | 
     folder.mkdir(exist_ok=True)
     (folder / "model.onnx").write_bytes((onnx_dir / "model.onnx").read_bytes())
     (folder / "metrics.json").write_text(json.dumps(document))
-    return {"job_id": job, "artifacts_dir": str(folder), "metrics": document, "code_version": "c0de",
+    return {"job_id": job, "folder": str(folder), "metrics": document, "code_version": "c0de",
             "window": f"{document['window']['start']}/{document['window']['end']}", "training_seconds": 1.0,
             "champion_version": champion_version}
 
 
 @pytest.fixture
-def mlflow_env(monkeypatch, tmp_path) -> MLflowModelRegistry:
+def mlflow_env(monkeypatch, tmp_path, edge_env) -> MLflowModelRegistry:
     monkeypatch.setenv("EDGE_MODEL_REGISTRY", "mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("EDGE_MLFLOW_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
@@ -67,6 +68,8 @@ def mlflow_env(monkeypatch, tmp_path) -> MLflowModelRegistry:
 
 
 def _register_model(training: dict, run_id: str, force: bool = False) -> dict:
+    # As the training task leaves it: the outputs in the site's output container, named in the result.
+    training = {**training, "artifacts": stage_outputs(Path(training["folder"]), training["job_id"])}
     op = RegisterModelOperator(task_id="register_model", model_name=MODEL, training=training,
                                validation={"success": True, "data_fingerprint": training["metrics"]["data_fingerprint"]},
                                force_promote=force)
@@ -147,7 +150,7 @@ def _registration_task(uri: str, artifacts: str, training: dict, barrier, result
         _widen_the_race(barrier)
         registry = MLflowModelRegistry(uri, artifacts)
         job = training["job_id"]
-        version = registry.register(MODEL, Path(training["artifacts_dir"]), job,
+        version = registry.register(MODEL, Path(training["folder"]), job,
                                     lineage_tags("d", job, None, None, {}, training))
         decision = settle_champion(registry, MODEL, version, training, metric="roc_auc", margin=0.0, force=False,
                                    decided_by=job)[0]
@@ -158,7 +161,7 @@ def _registration_task(uri: str, artifacts: str, training: dict, barrier, result
 
 def _seed_champion(registry: MLflowModelRegistry, onnx_dir: Path, end: date) -> None:
     seed = _training(onnx_dir, "job-0", _document(end, 0.6, None, "sha256:0"), None)
-    registry.register(MODEL, Path(seed["artifacts_dir"]), "job-0", lineage_tags("d", "r0", None, None, {}, seed))
+    registry.register(MODEL, Path(seed["folder"]), "job-0", lineage_tags("d", "r0", None, None, {}, seed))
     registry.promote(MODEL, "1", expected=None)
 
 
@@ -280,7 +283,7 @@ def test_rollback_puts_a_named_version_back_and_refuses_bad_input(mlflow_env, on
     registry = mlflow_env
     for n, end in ((1, date(2026, 11, 20)), (2, date(2026, 11, 21))):
         training = _training(onnx_dir, f"job-{n}", _document(end, 0.7 + n / 10, 0.0, f"sha256:{n}"), None)
-        registry.register(MODEL, Path(training["artifacts_dir"]), f"job-{n}",
+        registry.register(MODEL, Path(training["folder"]), f"job-{n}",
                           {**lineage_tags("d", f"r{n}", None, None, {}, training), "champion.decision": "promoted"})
     registry.promote(MODEL, "2", expected=None)
     no_onnx = _mlflow_version_without_onnx(registry, tmp_path)
@@ -311,7 +314,7 @@ def test_rollback_puts_a_named_version_back_and_refuses_bad_input(mlflow_env, on
 def test_a_file_attached_to_a_version_is_stored_with_it(mlflow_env, onnx_dir, tmp_path):
     registry = mlflow_env
     training = _training(onnx_dir, "job-card", _document(date(2026, 11, 20), 0.8, None, "sha256:card"), None)
-    version = registry.register(MODEL, Path(training["artifacts_dir"]), "job-card", {})
+    version = registry.register(MODEL, Path(training["folder"]), "job-card", {})
     card = tmp_path / "model_card.html"
     card.write_text("<html><body>card</body></html>")
     uri = registry.attach_file(MODEL, version.version, card)

@@ -1,8 +1,8 @@
 """Residency audit: run the pipeline, succeeding and failing, and search everything it moves off the edge.
 
 What leaves the edge: XCom values (the metadata DB), task logs (the run's output and log files), registry uploads
-(MLflow artifacts and the registry store with its model version tags), report files (Data Docs), and the local copy
-of what the training job sent back from the VM. Only models, metrics and summaries may be there; any row of the
+(MLflow artifacts and the registry store with its model version tags), report files (Data Docs), and what the
+training job sent back from the VM (the output blobs the training result names). Only models, metrics and summaries may be there; any row of the
 training data (full CSV line, machine_id + timestamp, or its sensor readings) fails the audit, naming where it was.
 
 The run is the real one: ``airflow dags test edge_training`` in its own Airflow home, on data generated into its own
@@ -227,7 +227,26 @@ def test_signatures_find_the_real_rows(audited_run, signatures):
     assert scan_text("partition", audited_run["partitions"][0].decode(), signatures)
 
 
-def test_nothing_that_left_the_edge_contains_a_training_row(audited_run, signatures):
+def _output_blobs(db: Path, blob_connection_string: str) -> list[tuple[str, str]]:
+    """(blob, text) of every training output the runs in ``db`` name in their training results."""
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(blob_connection_string)
+    with sqlite3.connect(db) as conn:
+        values = conn.execute("SELECT value FROM xcom WHERE dag_id = 'edge_training' AND task_id = 'train_on_edge_vm' "
+                              "AND key = 'return_value'").fetchall()  # fmt: skip
+    found = []
+    for (value,) in values:
+        training = json.loads(value)
+        training = json.loads(training) if isinstance(training, str) else training
+        artifacts = training["artifacts"]
+        for blob in artifacts["blobs"].values():
+            data = service.get_blob_client(artifacts["container"], blob["name"]).download_blob().readall()
+            found.append((f"{artifacts['container']}/{blob['name']}", data.decode("latin-1")))
+    return found
+
+
+def test_nothing_that_left_the_edge_contains_a_training_row(audited_run, signatures, edge_stack):
     work, run = audited_run["work"], audited_run["run"]
     db = work / "airflow" / "airflow.db"
     with sqlite3.connect(db) as conn:
@@ -238,12 +257,13 @@ def test_nothing_that_left_the_edge_contains_a_training_row(audited_run, signatu
         "registry uploads": list(files_under(work / "mlflow" / "artifacts")),
         "registry store and model version tags": [("mlflow.db", _table_dump(work / "mlflow" / "mlflow.db"))],
         "reports": list(files_under(work / "reports")),
-        "returned from the VM": list(files_under(work / "artifacts")),
+        "returned from the VM": _output_blobs(db, edge_stack.blob_connection_string),
     }
     # Each kind of material must really be there, or the audit would pass by looking at nothing.
     assert {task for task, _, _ in xcoms} >= set(TASKS), f"XCom of {sorted({t for t, _, _ in xcoms})}"
     assert any(src.endswith(".html") for src, _ in material["reports"]), "no Data Docs report was written"
     assert any(src.endswith("model.onnx") for src, _ in material["registry uploads"]), "no model was uploaded"
+    assert any(src.endswith("model.onnx") for src, _ in material["returned from the VM"]), "no training output named"
     assert "model_version_tags" in material["registry store and model version tags"][0][1]
     assert "data_fingerprint" in material["registry store and model version tags"][0][1]
 
@@ -352,13 +372,13 @@ def secrets(edge_stack, failing_runs) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def everything(audited_run, audit_env, failing_material, image_material) -> list[tuple[str, str]]:
+def everything(audited_run, audit_env, failing_material, image_material, edge_stack) -> list[tuple[str, str]]:
     """All logs, XCom, reports, alert bodies and image files of every run of this module."""
     work, run = audit_env["work"], audited_run["run"]
     material = [("audited run output", run.stdout + run.stderr)]
     for items in failing_material.values():  # logs (of every run), xcom, alerts and reports, read after all runs
         material.extend(items)
-    material.extend(files_under(work / "artifacts"))
+    material.extend(_output_blobs(work / "airflow" / "airflow.db", edge_stack.blob_connection_string))
     material.extend(image_material)
     return material
 

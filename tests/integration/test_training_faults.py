@@ -125,7 +125,6 @@ def test_sshd_down_mid_training_fails_the_wait_clearly_and_the_retry_reattaches(
     from edge_training import config, remote_job
     from edge_training.exceptions import EdgeVMUnreachableError
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     run_id = f"manual__{uuid.uuid4().hex}"
     outcome: dict = {}
 
@@ -149,7 +148,7 @@ def test_sshd_down_mid_training_fails_the_wait_clearly_and_the_retry_reattaches(
         assert alive(pid) and not (job_dir / "exit_code").exists() and (job_dir / "blob.cs").exists()
 
     retry = make_operator(pipeline, vm_work_dir, deferrable=False).execute(make_context(run_id))
-    assert retry["job_id"] == job_dir.name and Path(retry["artifacts_dir"], "model.onnx").is_file()
+    assert retry["job_id"] == job_dir.name and retry["artifacts"]["blobs"]["model.onnx"]["size"] > 0
     assert_one_training(job_dir, pid)
 
 
@@ -162,7 +161,6 @@ def test_sshd_down_while_deferred_ends_the_trigger_and_the_retry_reattaches(pipe
     from edge_training.exceptions import EdgeVMUnreachableError
     from edge_training.triggers.edge_vm_job import EdgeVMJobTrigger
 
-    monkeypatch.setattr(config, "ARTIFACTS_DIR", tmp_path / "artifacts")
     run_id = f"scheduled__{uuid.uuid4().hex}"
 
     def wait(deferred: TaskDeferred) -> dict:
@@ -198,7 +196,7 @@ def test_sshd_down_while_deferred_ends_the_trigger_and_the_retry_reattaches(pipe
     event = wait(again.value)
     assert event["status"] == "success", event
     result = make_operator(pipeline, vm_work_dir).execute_complete(make_context(run_id), event)
-    assert Path(result["artifacts_dir"], "model.onnx").is_file()
+    assert result["artifacts"]["blobs"]["model.onnx"]["size"] > 0
     assert_one_training(job_dir, pid)
 
 
