@@ -92,7 +92,7 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack, monke
 
     with AzureMLFake(job_runner=compute(edge_stack.blob_connection_string, datastores)) as fake:
         env = {**pipeline.env, "AZUREML_FAKE_URL": fake.base_url, "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps(conn),
-               "EDGE_MODEL_REGISTRY": "azureml", "EDGE_AZUREML_OUTPUT_CONTAINER": outputs}
+               "EDGE_MODEL_REGISTRY": "azureml", "EDGE_OUTPUT_CONTAINER": outputs}
         done = subprocess.run(
             [sys.executable, "-c", _RUNNER, "2026-06-12T02:00:00+00:00", json.dumps(conf)],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -109,6 +109,13 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack, monke
     assert trained["window"] == "2026-06-09..2026-06-12"
     assert trained["metrics"]["metrics"]["roc_auc"] > 0.6
     assert trained["model_uri"] == f"azureml://jobs/{job}/outputs/model"
+    # The same result shape as the edge VM backend: the output blobs by name, no local path, and the reference
+    # profile the job computed with the same grid as on the VM.
+    assert "artifacts_dir" not in trained and trained["artifacts"]["container"] == outputs
+    assert set(trained["artifacts"]["blobs"]) == {"model.onnx", "metrics.json", "reference_profile.json"}
+    assert trained["artifacts"]["prefix"] == f"edge-training/{job}/"
+    assert trained["reference_profile"]["rows"] > 0 and set(trained["reference_profile"]["features"])
+    assert "--profile-grid '" in fake.calls("job.put")[0].body["properties"]["command"]
     assert [r.path.rsplit("/", 1)[1] for r in fake.calls("job.put")] == [job]
 
     registered = result.value("register_model")
@@ -127,6 +134,12 @@ def test_the_dag_runs_green_with_the_azureml_backend(pipeline, edge_stack, monke
                                                    "blobs": len(validation["manifest"])}  # fmt: skip
     assert tags["edge.training_data_fingerprint"] == tags["edge.data_fingerprint"]
     assert registered["promoted"] and tags["champion"] == "true"
+    # The drift reference is stored with the Azure ML version too, beside the job outputs.
+    reference_blob = tags["edge.attachment.reference_profile.json"]
+    container, name = reference_blob.split("/", 1)
+    stored = BlobServiceClient.from_connection_string(edge_stack.blob_connection_string).get_blob_client(
+        container, name).download_blob().readall()
+    assert json.loads(stored) == trained["reference_profile"]
     assert tags["champion.decision"] == "promoted_no_champion" and tags["champion.rule"].startswith("compared only")
     # The champion is promotion record 1 of the companion model, naming the version.
     record = fake.models[f"{pipeline.model_name}-champion"]["1"]["properties"]
@@ -145,7 +158,7 @@ def _attach_a_file(fake, monkeypatch, env, tmp_path, model_name, result):
     from edge_training.hooks.azureml import AzureMLHook
     from edge_training.registry import get_model_registry
 
-    for name in ("AIRFLOW_CONN_AZUREML_DEFAULT", "AIRFLOW_CONN_EDGE_BLOB", "EDGE_AZUREML_OUTPUT_CONTAINER"):
+    for name in ("AIRFLOW_CONN_AZUREML_DEFAULT", "AIRFLOW_CONN_EDGE_BLOB", "EDGE_OUTPUT_CONTAINER"):
         monkeypatch.setenv(name, env[name])
     monkeypatch.setattr(AzureMLHook, "transport", fake.transport())
     monkeypatch.setattr(AzureMLHook, "get_credential", lambda self, conn=None: fake.credential)

@@ -165,6 +165,11 @@ class ModelArtifactsHook:
         client = self.container(container)
         try:
             return client.download_blob(entry["name"], etag=entry["etag"], match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError):
+            pass
+        # The condition failed: say whether the blob is gone or was overwritten (the service answers either way).
+        try:
+            etag = client.get_blob_client(entry["name"]).get_blob_properties().etag
         except ResourceNotFoundError:
             raise ArtifactError(
                 f"Checked the training output {file} at {container}/{entry['name']} (connection "
@@ -172,12 +177,11 @@ class ModelArtifactsHook:
                 "connection points at another storage account; fix the connection, or clear the training task to "
                 "train and upload again."
             ) from None
-        except ResourceModifiedError:
-            raise ArtifactError(
-                f"Checked the training output {file} at {container}/{entry['name']}: its ETag is no longer "
-                f"{entry['etag']} as the training result recorded, so it was overwritten after training. Clear the "
-                "training task to train and upload again."
-            ) from None
+        raise ArtifactError(
+            f"Checked the training output {file} at {container}/{entry['name']}: its ETag is no longer "
+            f"{entry['etag']} as the training result recorded but {etag}, so it was overwritten after training. "
+            "Clear the training task to train and upload again."
+        )
 
     def download(self, artifacts: Mapping[str, Any], folder: Path) -> Path:
         """Download every output the training result names into ``folder``, checked; return ``folder``.
