@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,34 @@ class ModelArtifactsHook:
         """The container's client (no request is made)."""
         return self.service.get_container_client(container)
 
+    @contextmanager
+    def _access(self, container: str, action: str) -> Iterator[None]:
+        """Turn the service's refusal (403) into an error that names the connection and the setting to change."""
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+        try:
+            yield
+        except (ClientAuthenticationError, HttpResponseError) as err:
+            if getattr(err, "status_code", None) not in (401, 403):
+                raise
+            raise ArtifactError(
+                f"Checked access to the training output container {container} ({action}) with connection "
+                f"{self.wasb_conn_id!r}: the storage service refused it ({err.status_code}). That connection may "
+                "hold a SAS of the data container only: set EDGE_OUTPUT_CONN_ID to a connection that may read, "
+                "write and create the output container (EDGE_OUTPUT_CONTAINER)."
+            ) from None
+
     def ensure_container(self, container: str) -> None:
         """Create the output container if the storage account has none of that name."""
         from azure.core.exceptions import ResourceExistsError
 
         client = self.container(container)
-        if client.exists():
-            return
+        with self._access(container, "check it exists"):
+            if client.exists():
+                return
         try:
-            client.create_container()
+            with self._access(container, "create it"):
+                client.create_container()
             log.info("Created the training output container %s (connection %r)", container, self.wasb_conn_id)
         except ResourceExistsError:  # created by a concurrent task in between
             pass
@@ -78,14 +98,19 @@ class ModelArtifactsHook:
 
         :raises ArtifactError: ``model.onnx`` or ``metrics.json`` is not in ``folder``.
         """
-        from azure.storage.blob import ContentSettings
-
-        self.ensure_container(container)
-        client = self.container(container)
         present = [f for f in OUTPUT_FILES if (folder / f).is_file()]
         # Checked before the first upload, so a job without a model leaves nothing in the container.
-        described: dict[str, dict] = {f: {} for f in present}
-        describe(container, prefix, described)
+        describe(container, prefix, {f: {} for f in present})
+        self.ensure_container(container)
+        client = self.container(container)
+        with self._access(container, "upload the training outputs"):
+            return self._upload(client, container, prefix, folder, present, job)
+
+    def _upload(self, client, container: str, prefix: str, folder: Path, present: list[str],
+                job: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+        from azure.storage.blob import ContentSettings
+
+        described: dict[str, dict] = {}
         for file in present:
             path = folder / file
             md5 = _file_md5(path)
@@ -115,7 +140,8 @@ class ModelArtifactsHook:
 
         client = self.container(container)
         try:
-            marker = json.loads(client.download_blob(prefix + COMPLETE_MARKER).readall())
+            with self._access(container, "look for a complete upload"):
+                marker = json.loads(client.download_blob(prefix + COMPLETE_MARKER).readall())
             artifacts = check_described(marker.get("artifacts"))
             job = dict(marker.get("job") or {})
         except ResourceNotFoundError:
