@@ -205,11 +205,18 @@ class EdgeStack:
     :param state_dir: folder for every file the stack writes (keys, configs, data, logs, pid files).
     :param free_ports: pick free loopback ports instead of the defaults (10000, 2222, 5000) the first time the
         stack starts in ``state_dir``; later starts reuse the ports remembered in ``<state_dir>/stack.json``.
+    :param services: the services this stack runs, a subset of ``SERVICES``: a site runs ``("blob", "ssh")``, a
+        central host ``("registry",)``; the connections written to ``airflow.env`` are those of these services.
     """
 
-    def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR, free_ports: bool = False) -> None:
+    def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR, free_ports: bool = False,
+                 services: tuple[str, ...] = SERVICES) -> None:  # fmt: skip
+        unknown = set(services) - set(SERVICES)
+        if unknown or not services:
+            raise EdgeStackError(f"Services {sorted(unknown) or '(none)'} are not of this stack; choose from {SERVICES}")
         self.state_dir = Path(state_dir).resolve()
         self.free_ports = free_ports
+        self.services = tuple(s for s in SERVICES if s in services)
         self.user = getpass.getuser()
 
     # -- paths -----------------------------------------------------------------------------------------------
@@ -329,7 +336,7 @@ class EdgeStack:
             parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
             if marker in environ.split(b"\0"):
                 marked.add(pid)
-        roots = {pid for service in SERVICES if (pid := self._pid(service)) is not None}
+        roots = {pid for service in self.services if (pid := self._pid(service)) is not None}
         found = roots | marked
         frontier = set(found)
         while frontier:
@@ -360,10 +367,12 @@ class EdgeStack:
         state["ports"] = ports
         self._save_state(state)
 
-        self._ensure_ssh_keys(tools)
-        self._ensure_registry_credentials()
-        self._write_registry_config(ports["registry"])
-        self._write_sshd_config(ports["ssh"], set_path=state.get("ssh_set_path", False))
+        if "ssh" in self.services:
+            self._ensure_ssh_keys(tools)
+            self._write_sshd_config(ports["ssh"], set_path=state.get("ssh_set_path", False))
+        if "registry" in self.services:
+            self._ensure_registry_credentials()
+            self._write_registry_config(ports["registry"])
 
         builders: dict[str, Callable[[], list[str]]] = {
             "blob": lambda: [
@@ -378,7 +387,7 @@ class EdgeStack:
             "registry": lambda: [tools["docker-registry"], "serve", str(self.registry_dir / "config.yml")],
         }
         started = []
-        for service in SERVICES:
+        for service in self.services:
             if self._pid(service) is None:
                 if _port_in_use(ports[service]):
                     raise EdgeStackError(
@@ -392,9 +401,10 @@ class EdgeStack:
                 self._spawn(service, builders[service]())
                 started.append(service)
 
-        for service in SERVICES:
+        for service in self.services:
             self._wait_ready(service, ports[service])
-        self._create_container(ports["blob"])
+        if "blob" in self.services:
+            self._create_container(ports["blob"])
         if "ssh" in started and not self._remote_python_has_venv():
             if state.get("ssh_set_path"):
                 raise EdgeStackError(self._no_venv_message())
@@ -439,39 +449,43 @@ class EdgeStack:
                 f"Sent SIGKILL to the edge stack in {self.state_dir}, but pids {sorted(targets)} still run. "
                 f"Check them with `ps -o pid,stat,cmd -p {','.join(map(str, sorted(targets)))}`."
             )
-        for service in SERVICES:
+        for service in self.services:
             self.pid_file(service).unlink(missing_ok=True)
 
     def status(self) -> dict[str, dict]:
         """Per service: ``{"running": bool, "pid": int | None, "port": int | None}``."""
         ports = self._ports()
         result = {}
-        for service in SERVICES:
+        for service in self.services:
             pid = self._pid(service)
             result[service] = {"running": pid is not None, "pid": pid, "port": ports.get(service)}
         return result
 
     def info(self) -> StackInfo:
-        """How to reach the stack, from the files in the state folder (does not check that it runs)."""
+        """How to reach the stack, from the files in the state folder (does not check that it runs).
+
+        Fields and connections of services this stack does not run are empty / absent.
+        """
         ports = self._ports()
-        if set(ports) != set(SERVICES):
+        if not set(self.services) <= set(ports):
             raise EdgeStackError(
                 f"No stack has been started in {self.state_dir} ({self.stack_file} lacks ports). "
                 f"Run: python scripts/edge_stack.py start --state-dir {self.state_dir}"
             )
-        blob_endpoint = f"http://{HOST}:{ports['blob']}/{AZURITE_ACCOUNT}"
-        blob_connection_string = (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={blob_endpoint};"
-        )
-        host_key = self._host_key_line()
-        registry_host = f"{HOST}:{ports['registry']}"
-        password = (self.registry_dir / "password").read_text().strip()
-        airflow_env = {
-            "AIRFLOW_CONN_EDGE_BLOB": json.dumps(
+        airflow_env: dict[str, str] = {}
+        blob_endpoint = blob_connection_string = host_key = registry_host = password = ""
+        if "blob" in self.services:
+            blob_endpoint = f"http://{HOST}:{ports['blob']}/{AZURITE_ACCOUNT}"
+            blob_connection_string = (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint={blob_endpoint};"
+            )
+            airflow_env["AIRFLOW_CONN_EDGE_BLOB"] = json.dumps(
                 {"conn_type": "wasb", "extra": {"connection_string": blob_connection_string}}
-            ),
-            "AIRFLOW_CONN_EDGE_VM": json.dumps(
+            )
+        if "ssh" in self.services:
+            host_key = self._host_key_line()
+            airflow_env["AIRFLOW_CONN_EDGE_VM"] = json.dumps(
                 {
                     "conn_type": "ssh",
                     "host": HOST,
@@ -483,8 +497,11 @@ class EdgeStack:
                         "conn_timeout": 10,
                     },
                 }
-            ),
-            "AIRFLOW_CONN_IMAGE_REGISTRY": json.dumps(
+            )
+        if "registry" in self.services:
+            registry_host = f"{HOST}:{ports['registry']}"
+            password = (self.registry_dir / "password").read_text().strip()
+            airflow_env["AIRFLOW_CONN_IMAGE_REGISTRY"] = json.dumps(
                 {
                     "conn_type": "generic",
                     "host": registry_host,
@@ -492,17 +509,18 @@ class EdgeStack:
                     "password": password,
                     "extra": {"tls_verify": False},
                 }
-            ),
+            )
+        airflow_env.update({
             "MLFLOW_TRACKING_URI": f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}",
             "EDGE_MLFLOW_ARTIFACTS_DIR": str(self.state_dir / "mlflow" / "artifacts"),
             "EDGE_REPORTS_DIR": str(self.state_dir / "reports"),
             "EDGE_ARTIFACTS_DIR": str(self.state_dir / "artifacts"),
-        }
+        })  # fmt: skip
         return StackInfo(
             blob_connection_string=blob_connection_string,
             blob_endpoint=blob_endpoint,
             ssh_host=HOST,
-            ssh_port=ports["ssh"],
+            ssh_port=ports.get("ssh", 0),
             ssh_user=self.user,
             ssh_private_key_path=self.ssh_private_key_path,
             ssh_host_key=host_key,
@@ -551,7 +569,7 @@ class EdgeStack:
 
     def _choose_ports(self, remembered: dict) -> dict[str, int]:
         ports: dict[str, int] = {}
-        for service in SERVICES:
+        for service in self.services:
             port = remembered.get(service)
             if port is not None:
                 port = int(port)
@@ -766,16 +784,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--free-ports", action="store_true", help="pick free ports on first start instead of 10000/2222/5000"
     )
+    parser.add_argument(
+        "--services", default=",".join(SERVICES),
+        help="comma-separated services to run (default: %(default)s); e.g. blob,ssh for a site's own stack",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    stack = EdgeStack(args.state_dir, free_ports=args.free_ports)
 
     try:
+        stack = EdgeStack(args.state_dir, free_ports=args.free_ports, services=tuple(args.services.split(",")))
         if args.command == "start":
             info = stack.start()
-            print(f"blob      {info.blob_endpoint} (container {BLOB_CONTAINER})")
-            print(f"edge VM   ssh {info.ssh_user}@{info.ssh_host} -p {info.ssh_port} -i {info.ssh_private_key_path}")
-            password_file = stack.registry_dir / "password"
-            print(f"registry  {info.registry_host} (user {info.registry_user}, password in {password_file})")
+            if info.blob_endpoint:
+                print(f"blob      {info.blob_endpoint} (container {BLOB_CONTAINER})")
+            if info.ssh_host_key:
+                print(f"edge VM   ssh {info.ssh_user}@{info.ssh_host} -p {info.ssh_port} -i {info.ssh_private_key_path}")
+            if info.registry_host:
+                password_file = stack.registry_dir / "password"
+                print(f"registry  {info.registry_host} (user {info.registry_user}, password in {password_file})")
             print(f"Airflow connections and settings: source {stack.env_file}")
             return 0
         if args.command == "stop":

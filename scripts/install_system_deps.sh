@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local edge stack needs (sshd, registry, buildah, mmdebstrap, htpasswd,
-# docker-compose to validate docker-compose.yaml, wrk for the scoring-server benchmark, and chromium for the headless
-# browser tests) when they are missing. Installs only as root; otherwise prints the command to run.
+# docker-compose to validate docker-compose.yaml, wrk for the scoring-server benchmark, chromium for the headless
+# browser tests, tcpdump and iptables for the two-host test) when they are missing. Installs only as root; otherwise
+# prints the command to run.
 set -euo pipefail
 
 declare -A need=(
@@ -14,6 +15,8 @@ declare -A need=(
   [/usr/bin/docker-compose]=docker-compose
   [/usr/bin/wrk]=wrk
   [/usr/bin/chromium]=chromium
+  [/usr/bin/tcpdump]=tcpdump
+  [/usr/sbin/iptables]=iptables
 )
 missing=()
 for path in "${!need[@]}"; do
