@@ -256,10 +256,17 @@ class AirflowLocal:
     :param port: API port; None takes the remembered one, then ``EDGE_AIRFLOW_PORT``, then 8080 or a free port.
     :param env: extra settings for every Airflow component (e.g. ``EDGE_TRAINING_POLL_INTERVAL_S``).
     :param pool_slots: slots of the edge VM pool created on start.
+    :param netns: run Airflow inside this Linux network namespace (``ip netns exec``); None: this host's network.
+    :param bind_host: address the api-server listens on (all addresses, ``0.0.0.0``, for other hosts to reach it).
+    :param url_host: address clients of this object dial to reach the api-server (its address on their network).
     """
 
     def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR, port: int | None = None,
-                 env: Mapping[str, str] | None = None, pool_slots: int = 1) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None, pool_slots: int = 1, netns: str | None = None,
+                 bind_host: str = HOST, url_host: str = HOST) -> None:  # fmt: skip
+        self.netns = netns
+        self.bind_host = bind_host
+        self.url_host = url_host
         self.state_dir = Path(state_dir).resolve()
         self.home = self.state_dir / "airflow"
         self.requested_port = port
@@ -297,7 +304,7 @@ class AirflowLocal:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self._remembered_port() or self.port}"
+        return f"http://{self.url_host}:{self._remembered_port() or self.port}"
 
     def environment(self, port: int) -> dict[str, str]:
         """The environment of every Airflow component: the stack's connections, this project, one port."""
@@ -316,9 +323,9 @@ class AirflowLocal:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # LocalExecutor starts one worker process per slot (32 by default): few suffice for one DAG here.
             "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "6"),
-            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__HOST": self.bind_host,
             "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
+            "AIRFLOW__API__BASE_URL": f"http://{self.url_host}:{port}",
             # Tasks talk to the api-server's execution API: on a moved port they must be told where it is.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
             # A single DAG folder: notice edits quickly without re-parsing constantly on a shared machine.
@@ -392,7 +399,7 @@ class AirflowLocal:
             self._wait_healthy(timeout)
             return self.info()
         port = self.port
-        if _port_in_use(port):
+        if self.netns is None and _port_in_use(port):
             raise AirflowLocalError(
                 f"Port {HOST}:{port} for the Airflow API is in use by another process. "
                 "Pass --port (or set EDGE_AIRFLOW_PORT) to a free port."
@@ -408,8 +415,9 @@ class AirflowLocal:
         try:
             # Own session and process group: stop() signals exactly this group, and a Ctrl-C in the shell
             # that ran `start` does not take Airflow down.
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             proc = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), "standalone"], stdin=subprocess.DEVNULL, stdout=log,
+                [*netns, str(VENV_BIN / "airflow"), "standalone"], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, env=env, cwd=self.home, start_new_session=True,
             )  # fmt: skip
         finally:
