@@ -359,7 +359,7 @@ class EdgeStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # Holds keys, the registry password and (in Azurite's folder) the sample data: owner only.
         os.chmod(self.state_dir, 0o700)
-        for sub in ("azurite", "mlflow/artifacts", "reports", "artifacts"):
+        for sub in ("mlflow/artifacts", "reports", "artifacts", *(("azurite",) if "blob" in self.services else ())):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
         state = self._load_state()
