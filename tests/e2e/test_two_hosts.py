@@ -221,7 +221,7 @@ def two_hosts(tmp_path_factory):
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
 
-        central.start()
+        central.start(timeout=480)  # a loaded 2-core machine takes minutes to bring up every component
         capture = hosts.capture(work / "site-link.pcap")
         worker_log = work / "edge-worker.log"
         with open(worker_log, "wb") as log:
