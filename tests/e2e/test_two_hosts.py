@@ -267,7 +267,7 @@ def two_hosts(tmp_path_factory):
             "central_state": central_state, "site_state": site_state, "site_ports": site_ports,
             "central_environ": Path(f"/proc/{central.info().pid}/environ").read_bytes().decode(errors="replace"),
             "site_env": site_env, "worker_log": worker_log, "airflow_log": central.log_file,
-            "firewall": hosts.refused_counts(), "central": central,
+            "firewall": hosts.refused_counts(), "central": central, "edge_env": edge_env,
         }  # fmt: skip
     finally:
         if worker is not None:
@@ -384,3 +384,14 @@ def test_what_central_stored_holds_no_training_row(two_hosts):
     findings, sources, chars = audit(material, signatures)
     print(f"central state: {sources} sources, {chars} chars scanned, {len(findings)} training rows found")
     assert not findings, "training rows reached central:\n" + "\n".join(map(str, findings[:10]))
+
+
+def test_the_site_worker_ran_without_a_metadata_database(two_hosts):
+    # The runs succeeded on the worker's settings; with those same settings, inside the site, opening the metadata
+    # database fails: the worker and its tasks did their work through central's API only.
+    hosts = two_hosts["hosts"]
+    check = subprocess.run([*hosts.prefix(hosts.site), AIRFLOW, "db", "check"], env=two_hosts["edge_env"],
+                           capture_output=True, text=True, timeout=180)  # fmt: skip
+    output = check.stdout + check.stderr
+    assert check.returncode != 0, f"the site worker's settings reach a metadata database:\n{output[-2000:]}"
+    assert "unable to open database file" in output, output[-2000:]
