@@ -281,9 +281,15 @@ def two_hosts(tmp_path_factory):
         shutil.rmtree(vm_base, ignore_errors=True)
 
 
-def test_the_run_and_a_backfill_of_two_windows_succeed_end_to_end(two_hosts):
+def _report(capsys, line: str) -> None:
+    """The proof's figures reach the terminal even when pytest captures output (as `make test` does)."""
+    with capsys.disabled():
+        print(f"\n[two hosts] {line}")
+
+
+def test_the_run_and_a_backfill_of_two_windows_succeed_end_to_end(two_hosts, capsys):
     run, *backfill = two_hosts["runs"]
-    print(f"two hosts: manual run {two_hosts['run_seconds']:.0f} s wall time")
+    _report(capsys, f"manual run (validation .. image pushed): {two_hosts['run_seconds']:.0f} s wall time")
     assert len(backfill) == len(BACKFILL_DAYS_AGO), [r["dag_run_id"] for r in backfill]
     for r in two_hosts["runs"]:
         states = {task: ti["state"] for task, ti in two_hosts["tis"][r["dag_run_id"]].items()}
@@ -310,10 +316,10 @@ def test_site_tasks_ran_on_the_site_worker_and_the_rest_centrally(two_hosts):
                 assert job is None, f"{task_id} ran centrally yet has an edge job: {job}"
 
 
-def test_central_cannot_open_a_connection_to_the_site(two_hosts):
+def test_central_cannot_open_a_connection_to_the_site(two_hosts, capsys):
     hosts, ports = two_hosts["hosts"], two_hosts["site_ports"]
     refused = two_hosts["refused"]["central -> site"]
-    print(f"central -> site {hosts.site_ip}: {refused}; site firewall refused {two_hosts['firewall']} packets")
+    _report(capsys, f"central -> site {hosts.site_ip} ports {refused}; site firewall refusals {two_hosts['firewall']}")
     # The site's blob endpoint and the VM's sshd, plus the usual ports: every attempt refused, none open.
     assert set(refused) >= {ports["blob"], ports["ssh"]}
     assert all(result == "ConnectionRefusedError" for result in refused.values()), refused
@@ -345,13 +351,14 @@ def test_central_holds_no_site_credentials(two_hosts):
             assert value not in text, f"{what} is in central's {path}"
 
 
-def test_no_training_row_crossed_the_link(two_hosts):
+def test_no_training_row_crossed_the_link(two_hosts, capsys):
     hosts = two_hosts["hosts"]
     streams = reassemble(two_hosts["pcap"])
     names = {API_PORT: "api-server", MLFLOW_PORT: "MLflow"}
     sent = bytes_by_destination(streams, hosts.site_ip, names)
     runs = len(two_hosts["runs"])
-    print(
+    _report(
+        capsys,
         f"site -> central over {runs} runs: "
         + ", ".join(f"{dest} {total} B ({total / runs / 1024:.0f} KiB/run)" for dest, total in sent.items())
     )
@@ -371,7 +378,7 @@ def test_no_training_row_crossed_the_link(two_hosts):
     findings, sources, chars = audit(
         ((str(stream), stream.data.decode("latin-1")) for stream in streams), signatures
     )
-    print(f"wire: {sources} TCP streams, {chars} bytes scanned, {len(findings)} training rows found")
+    _report(capsys, f"wire: {sources} TCP streams, {chars} bytes scanned, {len(findings)} training rows found")
     assert not findings, "training rows crossed the link:\n" + "\n".join(map(str, findings[:10]))
 
 
