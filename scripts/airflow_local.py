@@ -226,14 +226,21 @@ class AirflowClient:
         seen: dict[str, str | None] = {}
         started = time.monotonic()
         while True:
-            for ti in sorted(self.task_instances(dag_id, run_id), key=lambda t: t.get("start_date") or "~"):
+            try:
+                tis, run = self.task_instances(dag_id, run_id), self.dag_run(dag_id, run_id)
+            except TimeoutError:
+                # A busy api-server answers late (it builds its execution API on the first task's call, which
+                # takes long on a loaded machine): ask again until the run's own timeout.
+                if time.monotonic() - started > timeout:
+                    raise
+                continue
+            for ti in sorted(tis, key=lambda t: t.get("start_date") or "~"):
                 state = ti.get("state")
                 if seen.get(ti["task_id"]) != state:
                     seen[ti["task_id"]] = state
                     if on_change and state is not None:  # None: not scheduled yet, nothing to report
                         tried = f" (try {ti['try_number']})" if ti.get("try_number", 0) > 1 else ""
                         on_change(f"{time.monotonic() - started:6.1f}s  {ti['task_id']:<20} {state}{tried}")
-            run = self.dag_run(dag_id, run_id)
             if run["state"] in TERMINAL_RUN_STATES:
                 return run
             if time.monotonic() - started > timeout:

@@ -156,7 +156,12 @@ def _wait_for_worker(db_path: Path, worker: subprocess.Popen, log: Path, timeout
 
 def _wait_backfill(client, backfill: dict, timeout: float = RUN_TIMEOUT_S) -> list[dict]:
     deadline = time.monotonic() + timeout
-    while client.request("GET", f"/backfills/{backfill['id']}")["completed_at"] is None:
+    while True:
+        try:
+            if client.request("GET", f"/backfills/{backfill['id']}")["completed_at"] is not None:
+                break
+        except TimeoutError:
+            pass  # a busy api-server answers late: ask again
         assert time.monotonic() < deadline, f"backfill {backfill['id']} not complete after {timeout}s"
         time.sleep(2)
     return sorted((r for r in client.dag_runs(DAG_ID) if r["run_type"] == "backfill"), key=lambda r: r["logical_date"])
