@@ -359,7 +359,7 @@ class EdgeStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # Holds keys, the registry password and (in Azurite's folder) the sample data: owner only.
         os.chmod(self.state_dir, 0o700)
-        for sub in ("mlflow/artifacts", "reports", "artifacts", *(("azurite",) if "blob" in self.services else ())):
+        for sub in ("mlflow/artifacts", "reports", *(("azurite",) if "blob" in self.services else ())):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
         state = self._load_state()
@@ -514,7 +514,6 @@ class EdgeStack:
             "MLFLOW_TRACKING_URI": f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}",
             "EDGE_MLFLOW_ARTIFACTS_DIR": str(self.state_dir / "mlflow" / "artifacts"),
             "EDGE_REPORTS_DIR": str(self.state_dir / "reports"),
-            "EDGE_ARTIFACTS_DIR": str(self.state_dir / "artifacts"),
         })  # fmt: skip
         return StackInfo(
             blob_connection_string=blob_connection_string,

@@ -205,7 +205,6 @@ def two_hosts(tmp_path_factory):
             "AIRFLOW__EDGE__JOB_SUCCESS_PURGE": "600",
             **mlflow["central"],
             "EDGE_REPORTS_DIR": str(central_state / "reports"),
-            "EDGE_ARTIFACTS_DIR": str(central_state / "artifacts"),
         })  # fmt: skip
 
         edge_home = site_state / "airflow"

@@ -81,7 +81,6 @@ class Worker:
             "TMPDIR": str(state / "tmp"),
             "AIRFLOW_HOME": str(state / "airflow"),
             "EDGE_REPORTS_DIR": str(state / "reports"),
-            "EDGE_ARTIFACTS_DIR": str(state / "artifacts"),
             "EDGE_MODEL_REGISTRY": "mlflow",
             "MLFLOW_TRACKING_URI": f"sqlite:///{central / 'mlflow.db'}",
             "EDGE_MLFLOW_ARTIFACTS_DIR": str(central / "artifacts"),
