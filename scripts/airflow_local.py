@@ -213,12 +213,24 @@ class AirflowClient:
 
     def create_backfill(self, dag_id: str, from_date: str, to_date: str, *, reprocess_behavior: str = "none",
                         max_active_runs: int = 10, conf: Mapping[str, Any] | None = None) -> dict:  # fmt: skip
-        """Queue a backfill (the scheduler runs it); dates are ISO timestamps, both inclusive."""
-        return self.request("POST", "/backfills", {
+        """Queue a backfill (the scheduler runs it); dates are ISO timestamps, both inclusive.
+
+        On SQLite the api-server answers 503 "Database is locked" while the scheduler holds the write lock: that
+        is asked again for up to a minute (nothing was created), any other error is raised at once.
+        """
+        body = {
             "dag_id": dag_id, "from_date": from_date, "to_date": to_date, "run_backwards": False,
             "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess_behavior,
             "max_active_runs": max_active_runs,
-        })  # fmt: skip
+        }  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return self.request("POST", "/backfills", body)
+            except AirflowApiError as err:
+                if err.status != 503 or "locked" not in str(err.detail).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def follow(self, dag_id: str, run_id: str, on_change: Callable[[str], None] | None = None,
                timeout: float = 1800.0, poll: float = 1.0) -> dict:  # fmt: skip
