@@ -208,23 +208,3 @@ def test_registration_refuses_a_changed_or_missing_output_blob(handover, edge_en
     with pytest.raises(ArtifactError) as missing:
         hook.download(artifacts, tmp_path / "missing")
     assert f"{artifacts['container']}/{model['name']}" in str(missing.value) and "no such blob" in str(missing.value)
-
-
-def test_a_read_only_data_connection_for_the_outputs_says_which_setting_to_change(container, edge_env, monkeypatch):
-    from azure.storage.blob import generate_container_sas
-
-    from edge_training.hooks.model_artifacts import ModelArtifactsHook
-    from edge_training.model_artifacts import ArtifactError
-    from scripts.edge_stack import AZURITE_ACCOUNT, AZURITE_KEY
-
-    sas = generate_container_sas(AZURITE_ACCOUNT, container, account_key=AZURITE_KEY, permission="rl",
-                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))  # fmt: skip
-    monkeypatch.setenv("AIRFLOW_CONN_DATA_ONLY", json.dumps({"conn_type": "wasb", "extra": {
-        "connection_string": f"BlobEndpoint={edge_env.blob_endpoint};SharedAccessSignature={sas}"}}))
-
-    with pytest.raises(ArtifactError) as refused:
-        ModelArtifactsHook("data_only").find_complete("models", "edge-training/some-job/")
-
-    message = str(refused.value)
-    assert "connection 'data_only'" in message and "refused it (403)" in message and "EDGE_OUTPUT_CONN_ID" in message
-    assert "sig=" not in message
