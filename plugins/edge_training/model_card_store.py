@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,20 +56,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _training_document(registry: ModelRegistry, model_name: str, version: str, folder: Path) -> dict | None:
-    """The version's ``metrics.json``: the copy beside its card on this machine, else the one attached to the version
-    (the card was first written where ``register_model`` ran, e.g. an edge worker); None when neither exists."""
-    document = _read_json(folder / METRICS_COPY)
-    if document is not None:
-        return document
-    stored = registry.get_version(model_name, version)
-    if stored is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="edge-model-card-") as scratch:
-        path = registry.download_attachment(stored, METRICS_COPY, Path(scratch))
-        return _read_json(path) if path is not None else None
-
-
 def publish_model_card(
     registry: ModelRegistry,
     model_name: str,
@@ -85,22 +70,22 @@ def publish_model_card(
     :param registry: The model registry holding the version.
     :param model_name: Registered model name.
     :param version: The version.
-    :param document: The training job's ``metrics.json`` content; None re-reads the copy kept beside the card, or
-        the one attached to the version (a rebuild after the image was pushed, on this or another machine).
+    :param document: The training job's ``metrics.json`` content; None re-reads the copy kept beside the card
+        (a rebuild after the image was pushed).
     :param reports_dir: ``EDGE_REPORTS_DIR``.
     :param base_url: Base URL of the Airflow UI for the card's links; empty: links relative to the api-server.
-    :returns: The written card; None when ``document`` is None and no copy is kept here or in the registry
+    :returns: The written card; None when ``document`` is None and no copy is kept here
         (nothing is written then).
     """
     folder = reports.model_card_dir(reports_dir, model_name, version)
     if document is None:
-        document = _training_document(registry, model_name, version, folder)
+        document = _read_json(folder / METRICS_COPY)
         if document is None:
             # Rebuilding without the training figures would replace a full card with an empty one.
             log.warning(
-                "Model card of %s version %s not rebuilt: its %s is neither in %s nor attached to the version. "
-                "The version's tags and its page still show the image.",
-                model_name, version, METRICS_COPY, folder,
+                "Model card of %s version %s not rebuilt: %s is missing (register_model ran on another machine, "
+                "e.g. an edge worker). The version's tags and its page still show the image.",
+                model_name, version, folder / METRICS_COPY,
             )
             return None
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,10 +99,7 @@ def publish_model_card(
     earlier = [s for s in history if s.version.isdigit() and int(s.version) < int(version)] if version.isdigit() else []
     previous_document = None
     if earlier:
-        previous = earlier[-1].version
-        previous_document = _training_document(
-            registry, model_name, previous, reports.model_card_dir(reports_dir, model_name, previous)
-        )
+        previous_document = _read_json(reports.model_card_dir(reports_dir, model_name, earlier[-1].version) / METRICS_COPY)
     tags = snapshot.tags
     links = CardLinks(
         data_docs=(reports.data_docs_url(tags["edge.dag_id"], tags["edge.dag_run_id"], base_url)
@@ -134,7 +116,7 @@ def publish_model_card(
     _write(folder / METRICS_COPY, (json.dumps(document, indent=2) + "\n").encode())
     for name, content in card.files().items():
         _write(folder / name, content)
-    for name in (CARD_JSON, CARD_HTML, METRICS_COPY):
+    for name in (CARD_JSON, CARD_HTML):
         registry.attach_file(model_name, version, folder / name)
     url = reports.model_card_url(model_name, version, base_url)
     if tags.get(CARD_URL_TAG) != url:
