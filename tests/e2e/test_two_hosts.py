@@ -273,7 +273,7 @@ def two_hosts(tmp_path_factory):
             "central_state": central_state, "site_state": site_state, "site_ports": site_ports,
             "central_environ": Path(f"/proc/{central.info().pid}/environ").read_bytes().decode(errors="replace"),
             "site_env": site_env, "worker_log": worker_log, "airflow_log": central.log_file,
-            "firewall": hosts.refused_counts(), "central": central, "edge_env": edge_env,
+            "firewall": hosts.refused_counts(), "edge_env": edge_env,
         }  # fmt: skip
     finally:
         if worker is not None:
