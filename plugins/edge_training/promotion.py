@@ -40,6 +40,7 @@ SETTLE_ATTEMPTS = 5
 DECIDED_AT_TAG = "champion.decided_at"
 DECIDED_BY_TAG = "champion.decided_by"
 PREVIOUS_DECISION_TAG = "champion.previous_decision"
+REPLACED_VERSION_TAG = "champion.replaced_version"
 
 
 def settle_champion(
@@ -99,6 +100,8 @@ def settle_champion(
             # A retry after the promotion: keep the decision that promoted it.
             return decision, previous, {k: v for k, v in candidate.tags.items() if k.startswith("champion.")}
         written = {**decision_tags(decision), DECIDED_AT_TAG: _now(), DECIDED_BY_TAG: decided_by[:250]}
+        if decision.promote and decision.outcome != ALREADY_CHAMPION:
+            written[REPLACED_VERSION_TAG] = previous or "none"
         registry.set_tags(model_name, candidate.version, written)
         return decision, previous, written
     raise ModelRegistryError(
@@ -147,7 +150,7 @@ def rollback_champion(
     if champion is not None and champion.version == version:
         if target.tags.get("champion.decision") == PROMOTED_ROLLBACK and target.tags.get(DECIDED_BY_TAG) == decided_by:
             return {"model_name": model_name, "version": version, "reason": reason,
-                    "previous_champion": target.tags.get("champion.replaced_version")}
+                    "previous_champion": target.tags.get(REPLACED_VERSION_TAG)}
         raise RollbackRefusedError(
             f"Rollback: model {model_name} version {version} is already the champion. Pick the version to go back "
             "to (a different one). Nothing was changed."
@@ -171,7 +174,7 @@ def rollback_champion(
         "champion.decision": PROMOTED_ROLLBACK,
         "champion.promoted": "true",
         "champion.reason": f"put back as champion, replacing version {previous or 'none'} ({note})"[:250],
-        "champion.replaced_version": previous or "none",
+        REPLACED_VERSION_TAG: previous or "none",
         "champion.rule": PROMOTION_RULE,
         DECIDED_AT_TAG: now,
         DECIDED_BY_TAG: decided_by[:250],

@@ -99,12 +99,19 @@ def test_a_past_window_or_an_overlapping_backfill_leaves_the_newer_champion(mlfl
 
     # A candidate of the next day competes (its holdout is after the champion's training days) and wins.
     later = _training(onnx_dir, "job-next", _document(newer + timedelta(days=1), 0.85, 0.80, "sha256:next"), "1")
-    assert _register_model(later, "scheduled__next")["decision"]["outcome"] == "promoted"
+    promoted = _register_model(later, "scheduled__next")
+    assert promoted["decision"]["outcome"] == "promoted"
+    # A promotion names the champion it replaced; a version that was not promoted names none.
+    assert registry.get_version(MODEL, promoted["version"]).tags["champion.replaced_version"] == "1"
+    assert "champion.replaced_version" not in registry.get_version(MODEL, kept["version"]).tags
+    assert registry.get_version(MODEL, "1").tags["champion.replaced_version"] == "none"
     # force_promote still promotes a past window, and says so.
     forced = _register_model(_training(onnx_dir, "job-f", _document(date(2026, 10, 4), 0.5, 0.9, "sha256:f"), "4"),
                              "manual__forced", force=True)
     assert forced["decision"]["outcome"] == "promoted_forced" and registry.get_champion(MODEL).version == forced["version"]
-    assert "window rule and comparison skipped" in registry.get_version(MODEL, forced["version"]).tags["champion.reason"]
+    forced_tags = registry.get_version(MODEL, forced["version"]).tags
+    assert "window rule and comparison skipped" in forced_tags["champion.reason"]
+    assert forced_tags["champion.replaced_version"] == promoted["version"]
 
 
 def test_an_identical_retrain_reuses_its_version(mlflow_env, onnx_dir):
