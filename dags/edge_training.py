@@ -74,133 +74,165 @@ from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
 from edge_training.retry import EDGE_RETRY_POLICY
-from edge_training.schedule import training_schedule
+from edge_training.schedule import site_schedule
+from edge_training.sites import DAG_ID as SINGLE_SITE_DAG_ID
+from edge_training.sites import Site, load_sites
 from edge_training.topology import edge_site_task_args
 from edge_training.training_params import MAX_N_JOBS, TRAINING_PARAMS_SCHEMA
 
-# Empty all-in-one; with EDGE_EXECUTOR_TOPOLOGY=edge the executor and queue of the edge worker at the site.
-AT_EDGE = edge_site_task_args()
 
+def edge_training_pipeline(site: Site):
+    """The pipeline of one edge site: every task that runs at the site, reads its data or reaches its VM uses only
+    that site's connections, edge worker queue and VM pool, and the site's model is registered under its own name."""
+    # Empty all-in-one; with EDGE_EXECUTOR_TOPOLOGY=edge the executor and the queue of the site's edge worker.
+    at_edge = edge_site_task_args(queue=site.queue)
+    multi_site = site.dag_id != SINGLE_SITE_DAG_ID
+    doc = __doc__
+    if multi_site:
+        doc = (
+            f"**Site `{site.name}`** (sites file): model `{site.model_name}`, data container `{site.container}` "
+            f"through `{site.blob_conn_id}`, edge VM `{site.vm_conn_id}`, queue `{site.queue}`, pool `{site.pool}`.\n"
+            f"{__doc__}"
+        )
 
-@dag(
-    dag_id="edge_training",
-    schedule=training_schedule(),
-    start_date=datetime(2026, 1, 1),
-    catchup=config.CATCHUP,
-    max_active_runs=config.MAX_ACTIVE_RUNS,
-    render_template_as_native_obj=True,
-    doc_md=__doc__,
-    tags=["edge", "training", "azure-stack-hub"],
-    default_args={
-        "retries": 3,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "retry_policy": EDGE_RETRY_POLICY,
-        "on_failure_callback": on_task_failure,
-    },
-    params={
-        "window_days": Param(
-            config.TRAINING_WINDOW_DAYS,
-            type="integer",
-            minimum=2,
-            maximum=366,
-            description="Whole days of data to train on, ending at the run's data interval end.",
-        ),
-        "window_end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="End (exclusive) of the training window, YYYY-MM-DD, to re-train a past window; "
-            "empty uses the run's data interval end.",
-        ),
-        "force_promote": Param(
-            False,
-            type="boolean",
-            description="Make the new model the champion even if it does not beat the current one.",
-        ),
-        "training_backend": Param(
-            config.TRAINING_BACKEND,
-            enum=list(TRAINING_BACKENDS),
-            description="Where the model trains: on the edge VM over SSH, or as an Azure ML job on the workspace's "
-            "compute (EDGE_TRAINING_BACKEND sets the default).",
-        ),
-        "training_params": Param(
-            {},
-            **TRAINING_PARAMS_SCHEMA,
-            description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, '
-            '"max_depth": 6}. Only the keys of the schema, within its bounds (n_jobs at most '
-            f"{MAX_N_JOBS}); anything else is refused before any task runs.",
-        ),
-        "skip_image_build": Param(
-            False,
-            type="boolean",
-            description="Register the model but build and push no scoring image for it.",
-        ),
-    },
-)
-def edge_training():
-    validate_data = ValidateTrainingDataOperator(
-        task_id="validate_data",
-        window_days="{{ params.window_days }}",
-        window_end="{{ params.window_end }}",
-        execution_timeout=timedelta(hours=2),
-        **AT_EDGE,
+    @dag(
+        dag_id=site.dag_id,
+        schedule=site_schedule(site),
+        start_date=datetime(2026, 1, 1),
+        catchup=config.CATCHUP,
+        max_active_runs=config.MAX_ACTIVE_RUNS,
+        render_template_as_native_obj=True,
+        doc_md=doc,
+        tags=["edge", "training", "azure-stack-hub", *([f"site:{site.name}"] if multi_site else [])],
+        default_args={
+            "retries": 3,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=10),
+            "retry_policy": EDGE_RETRY_POLICY,
+            "on_failure_callback": on_task_failure,
+        },
+        params={
+            "window_days": Param(
+                config.TRAINING_WINDOW_DAYS,
+                type="integer",
+                minimum=2,
+                maximum=366,
+                description="Whole days of data to train on, ending at the run's data interval end.",
+            ),
+            "window_end": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                description="End (exclusive) of the training window, YYYY-MM-DD, to re-train a past window; "
+                "empty uses the run's data interval end.",
+            ),
+            "force_promote": Param(
+                False,
+                type="boolean",
+                description="Make the new model the champion even if it does not beat the current one.",
+            ),
+            "training_backend": Param(
+                config.TRAINING_BACKEND,
+                enum=list(TRAINING_BACKENDS),
+                description="Where the model trains: on the edge VM over SSH, or as an Azure ML job on the workspace's "
+                "compute (EDGE_TRAINING_BACKEND sets the default).",
+            ),
+            "training_params": Param(
+                {},
+                **TRAINING_PARAMS_SCHEMA,
+                description='RandomForest hyperparameters for the training script, e.g. {"n_estimators": 200, '
+                '"max_depth": 6}. Only the keys of the schema, within its bounds (n_jobs at most '
+                f"{MAX_N_JOBS}); anything else is refused before any task runs.",
+            ),
+            "skip_image_build": Param(
+                False,
+                type="boolean",
+                description="Register the model but build and push no scoring image for it.",
+            ),
+        },
     )
+    def edge_training():
+        validate_data = ValidateTrainingDataOperator(
+            task_id="validate_data",
+            wasb_conn_id=site.blob_conn_id,
+            container=site.container,
+            window_days="{{ params.window_days }}",
+            window_end="{{ params.window_end }}",
+            execution_timeout=timedelta(hours=2),
+            **at_edge,
+        )
 
-    check_edge_vm = EdgeVMHealthCheckOperator(
-        task_id="check_edge_vm",
-        execution_timeout=timedelta(minutes=5),
-        **AT_EDGE,
-    )
+        check_edge_vm = EdgeVMHealthCheckOperator(
+            task_id="check_edge_vm",
+            ssh_conn_id=site.vm_conn_id,
+            wasb_conn_id=site.blob_conn_id,
+            execution_timeout=timedelta(minutes=5),
+            **at_edge,
+        )
 
-    train_on_edge_vm = EdgeVMTrainingOperator(
-        task_id="train_on_edge_vm",
-        window_days="{{ params.window_days }}",
-        window_end="{{ params.window_end }}",
-        training_params="{{ params.training_params }}",
-        # Exactly the blobs validate_data checked are trained (by ETag); a blob changed since fails the task.
-        validation=validate_data.output,
-        pool=config.VM_POOL,
-        execution_timeout=timedelta(hours=12),
-        # At the site the edge worker polls the VM itself: the central triggerer has no route to it.
-        deferrable=not AT_EDGE,
-        **AT_EDGE,
-    )
+        train_on_edge_vm = EdgeVMTrainingOperator(
+            task_id="train_on_edge_vm",
+            ssh_conn_id=site.vm_conn_id,
+            wasb_conn_id=site.blob_conn_id,
+            container=site.container,
+            output_conn_id=site.output_conn_id,
+            output_container=site.output_container,
+            model_name=site.model_name,
+            window_days="{{ params.window_days }}",
+            window_end="{{ params.window_end }}",
+            training_params="{{ params.training_params }}",
+            # Exactly the blobs validate_data checked are trained (by ETag); a blob changed since fails the task.
+            validation=validate_data.output,
+            pool=site.pool,
+            execution_timeout=timedelta(hours=12),
+            # At the site the edge worker polls the VM itself: the central triggerer has no route to it.
+            deferrable=not at_edge,
+            **at_edge,
+        )
 
-    train_on_azureml = AzureMLTrainingOperator(
-        task_id="train_on_azureml",
-        window_days="{{ params.window_days }}",
-        window_end="{{ params.window_end }}",
-        training_params="{{ params.training_params }}",
-        validation=validate_data.output,
-        execution_timeout=timedelta(hours=12),
-    )
+        train_on_azureml = AzureMLTrainingOperator(
+            task_id="train_on_azureml",
+            wasb_conn_id=site.output_conn_id,
+            container=site.container,
+            output_container=site.output_container,
+            model_name=site.model_name,
+            window_days="{{ params.window_days }}",
+            window_end="{{ params.window_end }}",
+            training_params="{{ params.training_params }}",
+            validation=validate_data.output,
+            execution_timeout=timedelta(hours=12),
+        )
 
-    # Runs the training task of the run's training_backend Param; the other one is skipped.
-    choose_training_backend = ChooseTrainingBackendOperator(task_id="choose_training_backend")
+        # Runs the training task of the run's training_backend Param; the other one is skipped.
+        choose_training_backend = ChooseTrainingBackendOperator(task_id="choose_training_backend")
 
-    register_model = RegisterModelOperator(
-        task_id="register_model",
-        model_name=config.MODEL_NAME,
-        # The result of whichever training task ran (the other was skipped by the branch).
-        training="{{ ti.xcom_pull(task_ids='train_on_azureml') or ti.xcom_pull(task_ids='train_on_edge_vm') }}",
-        trigger_rule="none_failed_min_one_success",
-        validation=validate_data.output,
-        force_promote="{{ params.force_promote }}",
-        execution_timeout=timedelta(minutes=30),
-        **AT_EDGE,
-    )
+        register_model = RegisterModelOperator(
+            task_id="register_model",
+            model_name=site.model_name,
+            wasb_conn_id=site.output_conn_id,
+            # The result of whichever training task ran (the other was skipped by the branch).
+            training="{{ ti.xcom_pull(task_ids='train_on_azureml') or ti.xcom_pull(task_ids='train_on_edge_vm') }}",
+            trigger_rule="none_failed_min_one_success",
+            validation=validate_data.output,
+            force_promote="{{ params.force_promote }}",
+            execution_timeout=timedelta(minutes=30),
+            **at_edge,
+        )
 
-    build_image = BuildScoringImageOperator(
-        task_id="build_image",
-        registered=register_model.output,
-        skip="{{ params.skip_image_build }}",
-        execution_timeout=timedelta(hours=1),
-    )
+        build_image = BuildScoringImageOperator(
+            task_id="build_image",
+            registered=register_model.output,
+            skip="{{ params.skip_image_build }}",
+            execution_timeout=timedelta(hours=1),
+        )
 
-    training = [train_on_edge_vm, train_on_azureml]
-    validate_data >> check_edge_vm >> choose_training_backend >> training >> register_model >> build_image
+        training = [train_on_edge_vm, train_on_azureml]
+        validate_data >> check_edge_vm >> choose_training_backend >> training >> register_model >> build_image
+
+    return edge_training()
 
 
-edge_training()
+# One pipeline per site of the sites file; without one, the single pipeline `edge_training` of the EDGE_* settings.
+for _site in load_sites():
+    edge_training_pipeline(_site)

@@ -90,3 +90,23 @@ def _trigger_schedule(trigger: str, cron: str):
         f"Checked EDGE_TRAINING_TRIGGER: expected one of {', '.join(TRIGGERS)}, found {trigger!r}. "
         "Use 'schedule' for the cron schedule or 'asset' to train when a new daily partition lands."
     )
+
+
+def site_schedule(site, trigger: str = config.TRAINING_TRIGGER, policy: str = config.RETRAIN_POLICY):
+    """The ``schedule=`` of one site's pipeline (an :class:`edge_training.sites.Site`).
+
+    The single site of a deployment without a sites file keeps :func:`training_schedule`. A site of the sites file
+    trains on its own cron (``schedule:``, default ``EDGE_TRAINING_SCHEDULE``): the partition watch and the drift
+    check watch one site's data, so their assets cannot start another site's runs.
+    """
+    from edge_training.sites import DAG_ID
+
+    if site.dag_id == DAG_ID:
+        return training_schedule(trigger, site.schedule, policy)
+    if trigger != "schedule" or check_retrain_policy(policy) != "schedule":
+        raise ValueError(
+            f"Checked EDGE_TRAINING_TRIGGER={trigger!r} and EDGE_RETRAIN_POLICY={policy!r} for site {site.name!r} of "
+            "the sites file: per-site pipelines train on their cron only (the partition watch and the drift check "
+            "serve one site). Set both to 'schedule', or remove the sites file to use the asset or drift triggers."
+        )
+    return CronDataIntervalTimetable(site.schedule, timezone="UTC")
