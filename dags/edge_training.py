@@ -54,8 +54,12 @@ run on an `airflow edge worker` at the site (executor `EdgeExecutor`, queue `EDG
 which dials out to Airflow over HTTPS: nothing inbound is opened at the site.
 
 Connections: `edge_blob` (wasb), `edge_vm` (ssh, with `host_key` pinned), `image_registry`.
+**Sites**: with a sites file (`include/sites.yaml` or `EDGE_SITES_FILE`) each site listed gets this pipeline as
+DAG `edge_training_<site>`, with the site's own connections, edge worker queue, VM pool, data container, schedule
+and registered model (`<EDGE_MODEL_NAME>-<site>`); see the README's "Several sites".
 Settings (env): `EDGE_TRAINING_SCHEDULE`, `EDGE_TRAINING_WINDOW_DAYS`, `EDGE_TRAINING_CATCHUP`,
-`EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`, `EDGE_VM_POOL`.
+`EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`, `EDGE_VM_POOL`,
+`EDGE_SITES_FILE`.
 """
 
 from __future__ import annotations

@@ -124,34 +124,35 @@ class Pipeline:
         return [client.download_blob(b.name).readall().decode() for b in client.list_blobs()]
 
     def run(self, interval_end: dt.date, conf: dict | None = None, env: dict | None = None,
-            no_retries: bool = False) -> RunResult:  # fmt: skip
+            no_retries: bool = False, dag_id: str = DAG_ID) -> RunResult:  # fmt: skip
         """Run the DAG once for the data interval ending at ``interval_end`` 02:00 UTC (its training window ends
         there). ``no_retries`` runs it through ``dag.test()`` with every task's retries set to 0, for a failure
-        that must end the run now instead of after the DAG's 30 s+ retry delays."""
+        that must end the run now instead of after the DAG's 30 s+ retry delays. ``dag_id`` picks a site's
+        pipeline when ``env`` names a sites file (``EDGE_SITES_FILE``)."""
         logical_date = f"{interval_end.isoformat()}T02:00:00+00:00"
         # The scoring image has tests of its own (tests/integration/test_image_build.py); these runs end at the registry.
         conf = {"window_days": WINDOW_DAYS, "training_params": FAST_PARAMS, "skip_image_build": True, **(conf or {})}
         if no_retries:
-            argv = [sys.executable, "-c", _NO_RETRIES_RUNNER, logical_date, json.dumps(conf)]
+            argv = [sys.executable, "-c", _NO_RETRIES_RUNNER, logical_date, json.dumps(conf), dag_id]
         else:
-            argv = [str(VENV_BIN / "airflow"), "dags", "test", DAG_ID, logical_date, "-c", json.dumps(conf)]
+            argv = [str(VENV_BIN / "airflow"), "dags", "test", dag_id, logical_date, "-c", json.dumps(conf)]
         done = subprocess.run(
             argv, env={**self.env, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=600
         )
-        return self._result(done.returncode, done.stdout + done.stderr)
+        return self._result(done.returncode, done.stdout + done.stderr, dag_id)
 
-    def _result(self, returncode: int, log: str) -> RunResult:
+    def _result(self, returncode: int, log: str, dag_id: str = DAG_ID) -> RunResult:
         with sqlite3.connect(self.home / "airflow.db") as db:
             (run_id,) = db.execute(
-                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
             ).fetchone()
             states = dict(
-                db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))
+                db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
             )
             xcom = {
                 (task_id, key): json.loads(value)
                 for task_id, key, value in db.execute(
-                    "SELECT task_id, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)
+                    "SELECT task_id, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
                 )
             }
         return RunResult(returncode, log, run_id, states, xcom)
@@ -162,7 +163,7 @@ _NO_RETRIES_RUNNER = """
 import json, sys
 from datetime import datetime
 from airflow.dag_processing.dagbag import DagBag
-dag = DagBag(dag_folder="dags/edge_training.py").get_dag("edge_training")
+dag = DagBag(dag_folder="dags/edge_training.py").get_dag(sys.argv[3] if len(sys.argv) > 3 else "edge_training")
 for task in dag.tasks:
     task.retries = 0
 dag.test(logical_date=datetime.fromisoformat(sys.argv[1]), run_conf=json.loads(sys.argv[2]))
