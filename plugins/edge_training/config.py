@@ -160,3 +160,11 @@ DRIFT_PROFILE_K = int(os.getenv("EDGE_DRIFT_PROFILE_K", "10"))
 DRIFT_CALIBRATE = os.getenv("EDGE_DRIFT_CALIBRATE", "true").lower() in ("1", "true", "yes")
 # When the daily drift check runs (after the day's partition has landed).
 DRIFT_CHECK_SCHEDULE = os.getenv("EDGE_DRIFT_CHECK_SCHEDULE", SCHEDULE)
+
+# Global model across the sites of the sites file (opt-in): the sites' champions pooled into one forest
+# (EDGE_GLOBAL_MODEL_NAME), scored at every site on its own holdout, and promoted only when it beats the champion at
+# EDGE_SITES_QUORUM sites (a number, "majority" (default) or "all"). EDGE_GLOBAL_MODEL_SCHEDULE: cron, empty = manual.
+GLOBAL_MODEL = os.getenv("EDGE_GLOBAL_MODEL", "false").lower() in ("1", "true", "yes")
+GLOBAL_MODEL_NAME = os.getenv("EDGE_GLOBAL_MODEL_NAME") or f"{MODEL_NAME}-global"
+SITES_QUORUM = os.getenv("EDGE_SITES_QUORUM", "majority")
+GLOBAL_MODEL_SCHEDULE = os.getenv("EDGE_GLOBAL_MODEL_SCHEDULE") or None

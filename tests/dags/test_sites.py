@@ -26,7 +26,8 @@ sites:
     container: readings-b
     schedule: "30 4 * * *"
 """
-ATTRIBUTES = ("task_id", "executor", *SITE_BOUND_ATTRIBUTES, "container", "output_container")
+ATTRIBUTES = ("task_id", "executor", *SITE_BOUND_ATTRIBUTES, "container", "output_container", "upstream_task_ids",
+              "trigger_rule")
 
 
 def parse_dag_folder(sites_file: Path | None, **env: str) -> dict:
@@ -37,10 +38,12 @@ def parse_dag_folder(sites_file: Path | None, **env: str) -> dict:
     probe = (
         "import json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
+        "def _plain(v):\n"
+        "    return sorted(v) if isinstance(v, (set, frozenset)) else v if v is None or isinstance(v, (str, int)) else str(v)\n"
         f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
         "print(json.dumps({'errors': bag.import_errors, 'dags': {d.dag_id: {\n"
         "    'schedule': getattr(d.timetable, 'expression', None), 'tags': sorted(d.tags),\n"
-        f"    'tasks': [{{a: getattr(t, a, None) for a in {ATTRIBUTES!r}}} for t in d.tasks]}}\n"
+        f"    'tasks': [{{a: _plain(getattr(t, a, None)) for a in {ATTRIBUTES!r}}} for t in d.tasks]}}\n"
         "    for d in bag.dags.values()}}))\n"
     )
     environ = {k: v for k, v in os.environ.items() if k != "EDGE_SITES_FILE"}
@@ -58,7 +61,8 @@ def two_sites(tmp_path_factory) -> tuple[Path, dict]:
     """The DAG folder parsed with a two-site sites file, tasks sent to the sites' edge workers."""
     path = tmp_path_factory.mktemp("sites") / "sites.yaml"
     path.write_text(TWO_SITES)
-    return path, parse_dag_folder(path, EDGE_EXECUTOR_TOPOLOGY="edge", AIRFLOW__CORE__EXECUTOR=EDGE_EXECUTORS)
+    return path, parse_dag_folder(path, EDGE_EXECUTOR_TOPOLOGY="edge", AIRFLOW__CORE__EXECUTOR=EDGE_EXECUTORS,
+                                  EDGE_GLOBAL_MODEL="true")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,7 @@ def one_site() -> dict:
 
 def test_without_a_sites_file_the_pipeline_keeps_its_dag_and_task_ids(one_site):
     assert one_site["errors"] == {}
+    assert "edge_training_global" not in one_site["dags"]
     assert not any(dag_id.startswith("edge_training_") for dag_id in one_site["dags"])
     tasks = [t["task_id"] for t in one_site["dags"]["edge_training"]["tasks"]]
     assert sorted(tasks) == sorted([
@@ -151,3 +156,21 @@ def test_an_invalid_sites_file_is_the_dag_files_import_error_naming_the_entry(tm
     assert f"Checked the 2 site entries of {path}: 'edge-plant-a' is shared by site 'plant-a' (queue) and site " \
            "'plant-b' (queue)" in error  # fmt: skip
     assert not any(dag_id.startswith("edge_training") for dag_id in parsed["dags"])
+
+
+def test_the_global_model_evaluates_at_each_site_with_that_sites_values_only(two_sites):
+    path, parsed = two_sites
+    sites = load_sites(path)
+    tasks = {t["task_id"]: t for t in parsed["dags"]["edge_training_global"]["tasks"]}
+    assert set(tasks) == {"pool_site_models", "evaluate_at_plant-a", "evaluate_at_plant-b", "promote_global_model"}
+    assert site_mixing("edge_training_global", [SimpleNamespace(**t) for t in tasks.values()], sites) == []
+    for site in sites:
+        evaluate = tasks[f"evaluate_at_{site.name}"]
+        assert (evaluate["executor"], evaluate["queue"], evaluate["wasb_conn_id"], evaluate["model_name"]) == (
+            "EdgeExecutor", site.queue, site.blob_conn_id, site.model_name,
+        )  # fmt: skip
+        assert evaluate["upstream_task_ids"] == ["pool_site_models"]
+    # Pooling and the decision are central; a site that could not evaluate does not stop the decision.
+    assert tasks["pool_site_models"]["queue"] == tasks["promote_global_model"]["queue"] == "default"
+    assert tasks["promote_global_model"]["trigger_rule"] == "all_done_min_one_success"
+    assert set(tasks["promote_global_model"]["upstream_task_ids"]) >= {"evaluate_at_plant-a", "evaluate_at_plant-b"}

@@ -1,5 +1,6 @@
 """Two sites from one deployment on the local edge stack: each site trains on its own data and registers its own model;
-a site whose edge VM is down fails its own run only.
+a site whose edge VM is down fails its own run only; the global model pools both champions and is decided by the
+score each site computes on its own holdout.
 
 The sites file gives each site its own blob connection (to a data container of its own, seeded with different rows),
 its own VM connection and pool, and its own model. Site ``south``'s VM connection first points at a closed port (its
@@ -96,19 +97,27 @@ def sites(pipeline, tmp_path_factory) -> TwoSites:
     return two
 
 
-def test_a_site_whose_vm_is_down_fails_alone_and_each_site_registers_its_own_model(sites):
+@pytest.fixture(scope="module")
+def site_runs(sites) -> dict:
+    """South with its VM down, then north, then south with its VM back: the three runs of one training window."""
     interval_end = dt.date(2026, 6, 10)
-    # South's VM is down: its run fails at the health check, before any training, and says which site and why.
     south_down = sites.run("south", interval_end, no_retries=True)
+    north = sites.run("north", interval_end)
+    sites.vm_up("south")
+    return {"south_down": south_down, "north": north, "south": sites.run("south", interval_end)}
+
+
+def test_a_site_whose_vm_is_down_fails_alone_and_each_site_registers_its_own_model(sites, site_runs):
+    # South's VM is down: its run fails at the health check, before any training, and says which site and why.
+    south_down = site_runs["south_down"]
     # (dag.test() exits 0 whatever the run's state: the task states say it.)
     assert south_down.states.get("check_edge_vm") == "failed", south_down.states
     assert south_down.states.get("train_on_edge_vm") in ("upstream_failed", None), south_down.states
     assert f"edge_training_south FAILED run={south_down.run_id} task=check_edge_vm" in south_down.log
     assert f"127.0.0.1:{sites.vm_down_port}" in south_down.log
-    assert registry(sites.pipeline).get_champion(sites.models["south"]) is None
 
     # North is not held up by it: its own pipeline validates, trains and registers its own model.
-    north = sites.run("north", interval_end)
+    north = site_runs["north"]
     assert north.returncode == 0 and all(north.states.get(t) == "success" for t in SITE_TASKS), (
         f"{north.states}\n{north.log[-6000:]}"
     )
@@ -119,8 +128,7 @@ def test_a_site_whose_vm_is_down_fails_alone_and_each_site_registers_its_own_mod
     assert north_registered["tags"]["edge.dag_id"] == "edge_training_north"
 
     # South's VM is back: south trains on its own data and gets a champion of its own.
-    sites.vm_up("south")
-    south = sites.run("south", interval_end)
+    south = site_runs["south"]
     assert south.returncode == 0 and all(south.states.get(t) == "success" for t in SITE_TASKS), (
         f"{south.states}\n{south.log[-6000:]}"
     )
@@ -131,5 +139,42 @@ def test_a_site_whose_vm_is_down_fails_alone_and_each_site_registers_its_own_mod
     found = registry(sites.pipeline)
     assert found.get_champion(sites.models["north"]).version == north_registered["version"]
     assert found.get_champion(sites.models["south"]).version == south_registered["version"]
-    # Neither site's pipeline registered anything under the other site's model or the single-site model.
+    # Neither site's pipeline registered anything under the other site's model.
     assert found.find_version_by_run(sites.models["north"], south.value("train_on_edge_vm")["job_id"]) is None
+
+
+def test_the_global_model_pools_both_champions_and_is_decided_by_the_sites_scores(sites, site_runs):
+    champions = {name: site_runs[name].value("register_model") for name in ("north", "south")}
+    assert all(c and c["promoted"] for c in champions.values()), "both sites need a champion first"
+    global_model = f"{sites.models['north']}-global"
+    run = sites.pipeline.run(dt.date(2026, 6, 10), env={**sites.env, "EDGE_GLOBAL_MODEL": "true",
+                             "EDGE_GLOBAL_MODEL_NAME": global_model, "EDGE_SITES_QUORUM": "1"},
+                             dag_id="edge_training_global")  # fmt: skip
+    tasks = ("pool_site_models", "evaluate_at_north", "evaluate_at_south", "promote_global_model")
+    assert run.returncode == 0 and all(run.states.get(t) == "success" for t in tasks), f"{run.states}\n{run.log[-6000:]}"
+
+    pooled = run.value("pool_site_models")
+    n_train = {name: int(float(champions[name]["tags"]["metric.n_train"])) for name in champions}
+    assert {s: (p["version"], p["n_train"]) for s, p in pooled["sites"].items()} == {
+        name: (champions[name]["version"], n_train[name]) for name in champions
+    }
+    assert pooled["sites"]["north"]["share"] == pytest.approx(n_train["north"] / sum(n_train.values()))
+
+    # What each site sent back: two scores, the row count and the days; no row.
+    for name in ("north", "south"):
+        evaluation = run.value(f"evaluate_at_{name}")
+        assert set(evaluation) == {"site", "metric", "global", "champion", "champion_version", "holdout_days", "rows"}
+        assert evaluation["champion_version"] == champions[name]["version"] and evaluation["rows"] > 0
+        assert 0.5 < evaluation["champion"] <= 1 and 0.5 < evaluation["global"] <= 1
+        # The site's champion scores on its own holdout as training scored it.
+        assert evaluation["champion"] == pytest.approx(float(champions[name]["tags"]["metric.roc_auc"]), abs=1e-6)
+
+    decision = run.value("promote_global_model")
+    print(f"\nglobal model version {pooled['version']}: {decision['reason']}; scores {json.dumps(decision['scores'])}")
+    wins = [n for n in ("north", "south") if run.value(f"evaluate_at_{n}")["global"] > run.value(f"evaluate_at_{n}")["champion"]]
+    assert decision["wins"] == len(wins) and decision["promoted"] == (len(wins) >= 1)
+    version = registry(sites.pipeline).get_version(global_model, pooled["version"])
+    assert version.tags["global.decision"] == decision["outcome"]
+    assert json.loads(version.tags["global.pooled_versions"]) == {n: champions[n]["version"] for n in champions}
+    champion = registry(sites.pipeline).get_champion(global_model)
+    assert (champion is not None and champion.version == pooled["version"]) == decision["promoted"]
