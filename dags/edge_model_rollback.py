@@ -5,6 +5,7 @@ Put the `champion` of the model back to a named version, in one step, from the t
 
 | param | type | meaning |
 |---|---|---|
+| `model_name` | one of the sites' models | only with a sites file: the site's model (or the global model) to roll back |
 | `version` | integer >= 1 | the registered model version to make the champion again |
 | `reason` | text, 3..200 characters | why; recorded on both versions |
 
@@ -30,6 +31,18 @@ from edge_training import config
 from edge_training.notify import on_task_failure
 from edge_training.operators.rollback import RollbackChampionOperator
 from edge_training.retry import EDGE_RETRY_POLICY
+from edge_training.sites import DAG_ID as SINGLE_SITE_DAG_ID
+from edge_training.sites import load_sites
+
+# With a sites file every site has a model of its own (and the global model one more): the form names which one.
+MODELS = [site.model_name for site in load_sites() if site.dag_id != SINGLE_SITE_DAG_ID]
+if MODELS and config.GLOBAL_MODEL:
+    MODELS.append(config.GLOBAL_MODEL_NAME)
+MODEL_PARAM = (
+    {"model_name": Param(MODELS[0], enum=MODELS, description="The registered model whose champion is rolled back.")}
+    if MODELS
+    else {}
+)
 
 
 @dag(
@@ -47,11 +60,14 @@ from edge_training.retry import EDGE_RETRY_POLICY
         "on_failure_callback": on_task_failure,
     },
     params={
+        **MODEL_PARAM,
         "version": Param(
             None,
             type="integer",
             minimum=1,
-            description=f"The version of model {config.MODEL_NAME} to make the champion again.",
+            description="The version of the model to make the champion again."
+            if MODELS
+            else f"The version of model {config.MODEL_NAME} to make the champion again.",
         ),
         "reason": Param(
             "",
@@ -65,7 +81,7 @@ from edge_training.retry import EDGE_RETRY_POLICY
 def edge_model_rollback():
     RollbackChampionOperator(
         task_id="rollback_champion",
-        model_name=config.MODEL_NAME,
+        model_name="{{ params.model_name }}" if MODELS else config.MODEL_NAME,
         version="{{ params.version }}",
         reason="{{ params.reason }}",
         execution_timeout=timedelta(minutes=10),

@@ -43,6 +43,7 @@ def parse_dag_folder(sites_file: Path | None, **env: str) -> dict:
         f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
         "print(json.dumps({'errors': bag.import_errors, 'dags': {d.dag_id: {\n"
         "    'schedule': getattr(d.timetable, 'expression', None), 'tags': sorted(d.tags),\n"
+        "    'model_param': d.params.get_param('model_name').schema if 'model_name' in d.params else None,\n"
         f"    'tasks': [{{a: _plain(getattr(t, a, None)) for a in {ATTRIBUTES!r}}} for t in d.tasks]}}\n"
         "    for d in bag.dags.values()}}))\n"
     )
@@ -174,3 +175,14 @@ def test_the_global_model_evaluates_at_each_site_with_that_sites_values_only(two
     assert tasks["pool_site_models"]["queue"] == tasks["promote_global_model"]["queue"] == "default"
     assert tasks["promote_global_model"]["trigger_rule"] == "all_done_min_one_success"
     assert set(tasks["promote_global_model"]["upstream_task_ids"]) >= {"evaluate_at_plant-a", "evaluate_at_plant-b"}
+
+
+def test_the_rollback_form_names_the_sites_models(two_sites, one_site):
+    path, parsed = two_sites
+    models = [site.model_name for site in load_sites(path)]
+    rollback = parsed["dags"]["edge_model_rollback"]
+    assert rollback["model_param"]["enum"] == [*models, "predictive-maintenance-global"]
+    assert rollback["tasks"][0]["model_name"] == "{{ params.model_name }}"
+    # Without a sites file the form and the model are as they were.
+    assert one_site["dags"]["edge_model_rollback"]["model_param"] is None
+    assert one_site["dags"]["edge_model_rollback"]["tasks"][0]["model_name"] == "predictive-maintenance"
