@@ -159,7 +159,7 @@ def interval(day: date) -> tuple[str, str]:
 
 def wait_backfill(client: AirflowClient, backfill_id: int, timeout: float = 3600) -> None:
     deadline = time.monotonic() + timeout
-    while client.request("GET", f"/backfills/{backfill_id}")["completed_at"] is None:
+    while client.backfill_api.get_backfill(backfill_id).completed_at is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"backfill {backfill_id} not complete after {timeout}s")
         time.sleep(1)

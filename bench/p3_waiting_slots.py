@@ -48,7 +48,7 @@ def main() -> int:
         root_pid = bench.airflow.info().pid
         held_max, slots_held_max, slots_busy_max, waiting_max, samples = 0, 0, 0, 0, 0
         deadline = time.monotonic() + 3600
-        while client.request("GET", f"/backfills/{backfill['id']}")["completed_at"] is None:
+        while client.backfill_api.get_backfill(backfill["id"]).completed_at is None:
             assert time.monotonic() < deadline, "backfill did not complete within an hour"
             jobs = training_jobs_on_vm(bench.vm_base)
             busy = executor_slots(root_pid)

@@ -1,4 +1,4 @@
-"""A real Airflow next to the local edge stack: ``airflow standalone`` in the background, plus a small REST client.
+"""A real Airflow next to the local edge stack: ``airflow standalone`` in the background, and its REST API client.
 
 ``airflow standalone`` runs the scheduler, dag-processor, api-server and triggerer (LocalExecutor, SQLite,
 SimpleAuthManager) with ``AIRFLOW_HOME=<state>/airflow``, this project's ``dags/`` and ``plugins/``, the
@@ -21,6 +21,7 @@ Python API (the e2e tests and benchmarks use it)::
     client = airflow.client()                  # AirflowClient, logged in as the generated admin user
     run = client.trigger("edge_training", conf={"window_days": 3})
     final = client.follow("edge_training", run["dag_run_id"], on_change=print)
+    pool = client.pool_api.get_pool("edge_vm")  # any endpoint: the official client's typed API and models
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import urllib3
+from airflow_client.client import ApiClient, Configuration
+from airflow_client.client.api import (
+    BackfillApi, DAGApi, DagRunApi, ExtraLinksApi, MonitorApi, PoolApi, TaskInstanceApi, XComApi,
+)  # fmt: skip
+from airflow_client.client.exceptions import ApiException
+from airflow_client.client.models import BackfillPostBody, DAGPatchBody, TriggerDAGRunPostBody
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -86,25 +94,135 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# REST client
+# REST client: the official apache-airflow-client, plus what it does not do (log in, ride out a busy SQLite
+# api-server, follow a run)
 # ----------------------------------------------------------------------------------------------------------------
 
+# What to do about an error answer, by HTTP status (the API's own detail says what it refused).
+_ERROR_HINTS = {
+    400: "Correct the request: the detail names the field the API refused.",
+    401: "The login was refused or has expired: check the user and its password (airflow standalone writes them to "
+    "simple_auth_manager_passwords.json.generated in AIRFLOW_HOME).",
+    403: "The user may not do this: log in as a user with that permission.",
+    404: "Check the name: a DAG is there once the dag-processor has parsed it without an import error (see the "
+    "UI's import errors); a run, task instance or key only once it was created.",
+    409: "It exists already: use another id, or read the existing one.",
+    422: "Correct the request: the detail names the field the API refused.",
+}
+_SERVER_ERROR_HINT = "The api-server failed to answer: see its log (airflow.log in the stack folder), then ask again."
 
-class AirflowApiError(AirflowLocalError):
-    """The REST API answered with an error status; ``status`` and ``detail`` hold what it said."""
 
-    def __init__(self, method: str, path: str, status: int, detail: Any) -> None:
-        super().__init__(f"{method} {path} answered HTTP {status}: {detail}")
-        self.status = status
+def _detail(body: str | None) -> Any:
+    """The ``detail`` of an error answer (FastAPI's shape), else the start of its body."""
+    text = body or ""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty answer)"
+    return answer.get("detail", answer) if isinstance(answer, dict) else answer
+
+
+class AirflowApiError(AirflowLocalError, ApiException):
+    """The REST API answered with an error status.
+
+    Raised by every call made through ``AirflowClient`` (its own methods and the generated ``*Api`` objects it
+    holds), in place of the official client's ``ApiException`` (of which it is one, so ``except ApiException`` still
+    catches it). The message says what was asked, what came back and what to do; ``status`` and ``detail`` hold
+    what the API said, ``method`` and ``path`` what was asked.
+    """
+
+    def __init__(self, method: str, path: str, status: int, detail: Any, reason: str | None = None,
+                 body: str | None = None) -> None:  # fmt: skip
+        hint = _ERROR_HINTS.get(status, _SERVER_ERROR_HINT if status >= 500 else "")
+        message = f"{method} {path} answered HTTP {status}: {detail}" + (f". {hint}" if hint else "")
+        AirflowLocalError.__init__(self, message)
+        ApiException.__init__(self, status=status, reason=reason, body=body)
+        self.method = method
+        self.path = path
         self.detail = detail
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class AirflowApiTimeout(AirflowLocalError, TimeoutError):
+    """The api-server did not answer within the client's timeout (it is busy, or hangs)."""
+
+
+class _ApiClient(ApiClient):
+    """The official client's transport with a timeout on every request, a login on the first call that needs one,
+    and this project's errors (``AirflowApiError``, ``AirflowApiTimeout``, ``AirflowLocalError``)."""
+
+    def __init__(self, configuration: Configuration, timeout: float, login: Callable[[], str] | None) -> None:
+        super().__init__(configuration)
+        self.timeout = timeout
+        self._login = login
+
+    def update_params_for_auth(self, headers, queries, auth_settings, resource_path, method, body,
+                               request_auth=None) -> None:  # fmt: skip
+        if auth_settings and self.configuration.access_token is None and self._login is not None:
+            self.configuration.access_token = self._login()
+        super().update_params_for_auth(headers, queries, auth_settings, resource_path, method, body, request_auth)
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        path = urllib.parse.urlsplit(url).path
+        try:
+            response = super().call_api(method, url, header_params, body, post_params,
+                                        _request_timeout or self.timeout)  # fmt: skip
+            response.read()  # the body too within the timeout, and here, where its errors are translated
+        except urllib3.exceptions.NewConnectionError as err:  # first: urllib3 files it under connect timeouts
+            raise AirflowLocalError(
+                f"{method} {path}: could not connect to the Airflow API at {self.configuration.host} ({err}). "
+                "Check it runs: python scripts/airflow_local.py status"
+            ) from None
+        except urllib3.exceptions.TimeoutError:
+            raise AirflowApiTimeout(
+                f"{method} {path}: no answer from the Airflow API at {self.configuration.host} within "
+                f"{_request_timeout or self.timeout:.0f}s. The api-server is busy or hangs: ask again, or see its log."
+            ) from None
+        except urllib3.exceptions.HTTPError as err:
+            raise AirflowLocalError(
+                f"{method} {path}: could not reach the Airflow API at {self.configuration.host} "
+                f"({type(err).__name__}). Check it runs: python scripts/airflow_local.py status"
+            ) from None
+        response.asked = (method, path)
+        return response
+
+    def response_deserialize(self, response_data, response_types_map=None):
+        try:
+            return super().response_deserialize(response_data, response_types_map)
+        except ApiException as err:
+            method, path = getattr(response_data, "asked", ("?", "?"))
+            raise AirflowApiError(method, path, err.status, _detail(err.body), err.reason, err.body) from None
+
+
+def _refused_while_db_locked(err: AirflowApiError) -> bool:
+    """The api-server's answers to a write while another writer holds SQLite's lock (its detail hides the cause of a
+    500: on SQLite under this project's load, a lock)."""
+    if err.status == 503:
+        return "locked" in str(err.detail).lower()
+    return err.status == 500 and isinstance(err.detail, dict) and err.detail.get("reason") == "Database error"
+
+
+def _as_json(model: Any) -> Any:
+    """A response model as the API's JSON document (field names and nulls as the REST reference documents them)."""
+    return model.model_dump(mode="json", by_alias=True, exclude={"additional_properties"})
 
 
 class AirflowClient:
-    """Minimal client of the Airflow 3 REST API (``/api/v2``), authenticated with a SimpleAuthManager token.
+    """The official client of the Airflow 3 REST API (``apache-airflow-client``), logged in to SimpleAuthManager.
+
+    The generated API objects do the calls (``dag_api``, ``dag_run_api``, ``task_instance_api``, ``xcom_api``,
+    ``backfill_api``, ``pool_api``, ``monitor_api``, ``extra_links_api``; any other one is built on ``api_client``,
+    e.g. ``VariableApi(client.api_client)``) and return its typed models. The methods here add what it does not
+    do: the bearer token from ``POST /auth/token`` (fetched on the first call that needs it, never logged), waiting
+    for a DAG to be parsed, asking again while SQLite is locked, and following a run. They return the API's JSON
+    documents as dicts. Every error answer raises ``AirflowApiError``.
 
     :param url: base URL of the api-server, e.g. ``http://127.0.0.1:8080``.
     :param username: SimpleAuthManager user.
     :param password: its password (kept in memory only).
+    :param timeout: seconds to wait for each answer.
     """
 
     def __init__(self, url: str, username: str, password: str, timeout: float = 30.0) -> None:
@@ -112,123 +230,96 @@ class AirflowClient:
         self.username = username
         self._password = password
         self.timeout = timeout
-        self._token: str | None = None
+        # A Configuration of its own (not the process-wide default): no token or host leaks to other clients.
+        configuration = Configuration(host=self.url)
+        configuration.retries = False  # a refused or late answer is reported at once; callers decide to ask again
+        self.api_client = _ApiClient(configuration, timeout, self._fetch_token)
+        self.dag_api = DAGApi(self.api_client)
+        self.dag_run_api = DagRunApi(self.api_client)
+        self.task_instance_api = TaskInstanceApi(self.api_client)
+        self.xcom_api = XComApi(self.api_client)
+        self.backfill_api = BackfillApi(self.api_client)
+        self.pool_api = PoolApi(self.api_client)
+        self.monitor_api = MonitorApi(self.api_client)
+        self.extra_links_api = ExtraLinksApi(self.api_client)
 
     def __repr__(self) -> str:
         return f"AirflowClient(url={self.url!r}, username={self.username!r})"
 
-    def _send(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token()}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - loopback API
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                detail = json.loads(raw).get("detail", raw.decode(errors="replace"))
-            except ValueError:
-                detail = raw.decode(errors="replace")[:500]
-            raise AirflowApiError(method, path, err.code, detail) from None
-        except urllib.error.URLError as err:
-            raise AirflowLocalError(
-                f"Could not reach the Airflow API at {self.url} ({err.reason}). "
-                "Check it runs: python scripts/airflow_local.py status"
-            ) from None
-        return json.loads(raw) if raw else None
-
-    def token(self) -> str:
-        """A bearer token from ``POST /auth/token`` (fetched once, then reused)."""
-        if self._token is None:
-            answer = self._send(
-                "POST", "/auth/token", {"username": self.username, "password": self._password}, auth=False
-            )
-            self._token = answer["access_token"]
-        return self._token
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Call ``/api/v2`` + ``path``; raises ``AirflowApiError`` with the API's detail on a 4xx/5xx."""
-        return self._send(method, "/api/v2" + path, body)
-
-    def health(self) -> dict:
-        """``/api/v2/monitor/health`` (no login needed)."""
-        return self._send("GET", "/api/v2/monitor/health", auth=False)
-
-    def dag(self, dag_id: str) -> dict:
-        return self.request("GET", f"/dags/{dag_id}")
+    def _fetch_token(self) -> str:
+        """A bearer token from SimpleAuthManager's ``POST /auth/token`` (not part of the generated client)."""
+        response = self.api_client.call_api(
+            "POST", f"{self.url}/auth/token",
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body={"username": self.username, "password": self._password},
+        )  # fmt: skip
+        answer = self.api_client.response_deserialize(response, {"2XX": "object"}).data
+        return answer["access_token"]
 
     def unpause(self, dag_id: str) -> dict:
-        return self.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        return _as_json(self.dag_api.patch_dag(dag_id, DAGPatchBody(is_paused=False)))
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> dict:
         """Wait until the dag-processor has parsed ``dag_id`` (its first parse follows the start)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.dag(dag_id)
+                return _as_json(self.dag_api.get_dag(dag_id))
             except AirflowApiError as err:
                 if err.status != 404 or time.monotonic() > deadline:
                     raise
             time.sleep(1)
 
-    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, logical_date: str | None = None,
-                run_id: str | None = None, data_interval: tuple[str, str] | None = None) -> dict:  # fmt: skip
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, logical_date: str | datetime | None = None,
+                run_id: str | None = None, data_interval: tuple[str | datetime, str | datetime] | None = None,
+                ) -> dict:  # fmt: skip
         """Start a manual run; ``logical_date`` None makes a run without a logical date (it uses run_after).
 
         ``data_interval`` (start, end) sets the run's interval; without it a run with a logical date gets the
-        timetable's manual interval (the one that ends at the logical date).
+        timetable's manual interval (the one that ends at the logical date). Dates are ISO strings or datetimes.
         """
-        body: dict[str, Any] = {"logical_date": logical_date, "conf": dict(conf or {})}
-        if run_id:
-            body["dag_run_id"] = run_id
-        if data_interval:
-            body["data_interval_start"], body["data_interval_end"] = data_interval
-        return self.request("POST", f"/dags/{dag_id}/dagRuns", body)
-
-    def dag_run(self, dag_id: str, run_id: str) -> dict:
-        return self.request("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+        start, end = data_interval or (None, None)
+        body = TriggerDAGRunPostBody(logical_date=logical_date, conf=dict(conf or {}), dag_run_id=run_id,
+                                     data_interval_start=start, data_interval_end=end)  # fmt: skip
+        return _as_json(self.dag_run_api.trigger_dag_run(dag_id, body))
 
     def dag_runs(self, dag_id: str) -> list[dict]:
-        return self.request("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=id")["dag_runs"]
+        """The DAG's first 100 runs, oldest first."""
+        return _as_json(self.dag_run_api.get_dag_runs(dag_id, limit=100, order_by=["id"]))["dag_runs"]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances?limit=100"
-        return self.request("GET", path)["task_instances"]
+        return _as_json(self.task_instance_api.get_task_instances(dag_id, run_id, limit=100))["task_instances"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         """The deserialized XCom value, or None when there is none."""
-        path = (
-            f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/xcomEntries/{key}?deserialize=true&stringify=false"
-        )
         try:
-            return self.request("GET", path).get("value")
+            entry = self.xcom_api.get_xcom_entry(dag_id, task_id, run_id, key, deserialize=True, stringify=False)
         except AirflowApiError as err:
             if err.status == 404:
                 return None
             raise
+        return entry.actual_instance.value
 
     def create_backfill(self, dag_id: str, from_date: str, to_date: str, *, reprocess_behavior: str = "none",
                         max_active_runs: int = 10, conf: Mapping[str, Any] | None = None) -> dict:  # fmt: skip
         """Queue a backfill (the scheduler runs it); dates are ISO timestamps, both inclusive.
 
-        On SQLite the api-server answers 503 "Database is locked" while the scheduler holds the write lock: that
-        is asked again for up to a minute (nothing was created), any other error is raised at once.
+        On SQLite, while another writer (the scheduler) holds the write lock, the api-server refuses the request:
+        503 "Database is locked" when the backfill's own insert waited too long, 500 "Database error" when the audit
+        log's insert before it did. Nothing was created either way (and a second backfill of a DAG whose backfill is
+        running would be refused with 409), so it is asked again for up to a minute; any other error is raised at
+        once.
         """
-        body = {
-            "dag_id": dag_id, "from_date": from_date, "to_date": to_date, "run_backwards": False,
-            "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess_behavior,
-            "max_active_runs": max_active_runs,
-        }  # fmt: skip
+        body = BackfillPostBody(
+            dag_id=dag_id, from_date=from_date, to_date=to_date, run_backwards=False, dag_run_conf=dict(conf or {}),
+            reprocess_behavior=reprocess_behavior, max_active_runs=max_active_runs,
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
             try:
-                return self.request("POST", "/backfills", body)
+                return _as_json(self.backfill_api.create_backfill(body))
             except AirflowApiError as err:
-                if err.status != 503 or "locked" not in str(err.detail).lower() or time.monotonic() > deadline:
+                if not _refused_while_db_locked(err) or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
 
@@ -239,7 +330,8 @@ class AirflowClient:
         started = time.monotonic()
         while True:
             try:
-                tis, run = self.task_instances(dag_id, run_id), self.dag_run(dag_id, run_id)
+                tis = self.task_instances(dag_id, run_id)
+                run = _as_json(self.dag_run_api.get_dag_run(dag_id, run_id))
             except TimeoutError:
                 # A busy api-server answers late (it builds its execution API on the first task's call, which
                 # takes long on a loaded machine): ask again until the run's own timeout.
@@ -459,7 +551,7 @@ class AirflowLocal:
                     f"airflow standalone exited during start. Last lines of {self.log_file}:\n{_tail(self.log_file)}"
                 )
             try:
-                last = client.health()
+                last = _as_json(client.monitor_api.get_health())  # needs no login
                 parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
                 if all((last.get(part) or {}).get("status") == "healthy" for part in parts):
                     if self.password_file.exists():
@@ -527,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid is None:
             print(f"airflow   stopped ({airflow.state_dir})")
             return EXIT_NOT_RUNNING
-        health = airflow.client().health()
+        health = _as_json(airflow.client().monitor_api.get_health())
         parts = {k: (v or {}).get("status") for k, v in health.items() if isinstance(v, dict)}
         print(f"airflow   running  {airflow.url}  pid {pid}  " + " ".join(f"{k}={v}" for k, v in parts.items()))
         return 0 if all(v == "healthy" for v in parts.values()) else EXIT_NOT_RUNNING

@@ -30,10 +30,6 @@ from scripts.airflow_local import DEFAULT_STATE_DIR, AirflowApiError, AirflowCli
 DAG_ID = "edge_training"
 
 
-def _parse(ts: str | None) -> datetime | None:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
-
-
 def trigger_latest_interval(client: AirflowClient, conf: dict, dag_id: str = DAG_ID) -> dict:
     """Trigger a run for the scheduler's next data interval when it has already ended, else a run with no logical
     date (its window ends at its run_after time, as for a run started from the UI).
@@ -41,10 +37,10 @@ def trigger_latest_interval(client: AirflowClient, conf: dict, dag_id: str = DAG
     Taking the scheduler's next interval (same logical date, same interval) means unpausing the DAG does not start
     a second, scheduled run for it.
     """
-    dag = client.dag(dag_id)
-    start, end = dag.get("next_dagrun_data_interval_start"), dag.get("next_dagrun_data_interval_end")
-    logical_date = dag.get("next_dagrun_logical_date")
-    if logical_date and start and end and _parse(end) <= datetime.now(timezone.utc):
+    dag = client.dag_api.get_dag(dag_id)
+    start, end = dag.next_dagrun_data_interval_start, dag.next_dagrun_data_interval_end
+    logical_date = dag.next_dagrun_logical_date
+    if logical_date and start and end and end <= datetime.now(timezone.utc):
         try:
             return client.trigger(dag_id, conf=conf, logical_date=logical_date, data_interval=(start, end))
         except AirflowApiError as err:
@@ -55,14 +51,12 @@ def trigger_latest_interval(client: AirflowClient, conf: dict, dag_id: str = DAG
 
 def first_error(client: AirflowClient, run_id: str, ti: dict, dag_id: str = DAG_ID) -> str:
     """Class and message of the exception a failed task raised, from its structured task log."""
-    path = (
-        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti.get('try_number') or 1, 1)}"
-        "?full_content=true"
-    )
     try:
-        content = client.request("GET", path).get("content") or []
+        content = client.task_log(dag_id, run_id, ti["task_id"], max(ti.get("try_number") or 1, 1))
     except AirflowApiError as err:
         return f"(task log not readable: HTTP {err.status})"
+    except ValueError as err:  # an answer the client's log model does not describe
+        return f"(task log not readable: {err})"
     for event in content:
         if isinstance(event, dict) and event.get("error_detail"):
             detail = event["error_detail"][0]
@@ -110,13 +104,12 @@ def print_summary(client: AirflowClient, run: dict, dag_id: str = DAG_ID) -> tup
         print(f"Data Docs: {validation['data_docs']}")
     if run.get("run_type") == "asset_triggered":
         # A drift-started run: name the reason and the drift report the edge_drift_check run wrote.
-        events = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents")
-        for event in (events or {}).get("asset_events", []):
-            extra = event.get("extra") or {}
+        for event in client.dag_run_api.get_upstream_asset_events(dag_id, run_id).asset_events:
+            extra = event.extra or {}
             if extra.get("reason"):
-                print(f"started by {event.get('uri')}: {extra['reason']}")
+                print(f"started by {event.uri}: {extra['reason']}")
                 where = f"{client.url}{extra['report_url']}" if extra.get("report_url") else extra.get("report")
-                print(f"Drift report: {where} (the drift check run {event.get('source_run_id')})")
+                print(f"Drift report: {where} (the drift check run {event.source_run_id})")
     health = xcom("check_edge_vm")
     if health:
         print(f"edge VM: {health.get('hostname')} host key {health.get('host_key_fingerprint')}")

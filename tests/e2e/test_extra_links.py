@@ -45,7 +45,7 @@ def finished_run(api):
 
 
 def links_of(api, run_id: str, task_id: str) -> dict:
-    return api.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/links")["extra_links"]
+    return api.extra_links_api.get_extra_links(DAG_ID, run_id, task_id).extra_links
 
 
 def click_links(e2e_airflow, run_id: str, task_id: str, names: list[str], shots: Path) -> dict[str, dict]:

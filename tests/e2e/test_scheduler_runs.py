@@ -110,8 +110,8 @@ def backfill_range(e2e_airflow) -> tuple[str, str, list[date]]:
 def _wait_backfill(api, backfill: dict, samples: list[dict], timeout: float = RUN_TIMEOUT_S) -> None:
     """Wait until the backfill completes, sampling the edge_vm pool and the training tasks all the while."""
     deadline = time.monotonic() + timeout
-    while api.request("GET", f"/backfills/{backfill['id']}")["completed_at"] is None:
-        pool = api.request("GET", "/pools/edge_vm")
+    while api.backfill_api.get_backfill(backfill["id"]).completed_at is None:
+        pool = api.pool_api.get_pool("edge_vm")
         trainings = []
         for run in api.dag_runs(DAG_ID):
             if run["run_type"] == "backfill" and run["state"] in ("queued", "running"):
@@ -150,7 +150,7 @@ def test_backfill_trains_each_window_once_and_one_at_a_time(api, e2e_airflow, ba
         assert earlier["finished_at_epoch"] <= later["submitted_at_epoch"], "two trainings overlapped on the VM"
 
     # The pool bounded the trainings while the runs waited for it (deferred trainings count).
-    assert all(s["pool"]["occupied_slots"] <= s["pool"]["slots"] == 1 for s in samples), samples
+    assert all(s["pool"].occupied_slots <= s["pool"].slots == 1 for s in samples), samples
     assert all(sum(state in ("running", "deferred") for state in s["trainings"]) <= 1 for s in samples)
     assert any(s["trainings"].count("scheduled") + s["trainings"].count(None) >= 1
                and any(state in ("running", "deferred") for state in s["trainings"]) for s in samples), (

@@ -158,7 +158,7 @@ def _wait_backfill(client, backfill: dict, timeout: float = RUN_TIMEOUT_S) -> li
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if client.request("GET", f"/backfills/{backfill['id']}")["completed_at"] is not None:
+            if client.backfill_api.get_backfill(backfill["id"]).completed_at is not None:
                 break
         except TimeoutError:
             pass  # a busy api-server answers late: ask again

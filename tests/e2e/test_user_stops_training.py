@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
+from airflow_client.client.models import (
+    ClearTaskInstancesBody, ClearTaskInstancesBodyTaskIdsInner, PatchTaskInstanceBody,
+)  # fmt: skip
 
 from tests._pipeline import FAST_TRAINING
 from tests.e2e.conftest import DAG_ID, WINDOW_DAYS
@@ -69,8 +71,7 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     (job_dir / "scratch" / "part-0000.csv").write_text("M-0001,2026-11-01T00:00:00Z,63.11\n")
     assert _alive(pid)
 
-    quoted = urllib.parse.quote(run_id, safe="")
-    api.request("PATCH", f"/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/{TASK}", {"new_state": "failed"})
+    api.task_instance_api.patch_task_instance(DAG_ID, run_id, TASK, PatchTaskInstanceBody(new_state="failed"))
 
     # The triggerer's on_kill stops the job on the VM and removes what must not stay there.
     _wait("the job stopped on the edge VM", lambda: not _alive(pid), 60, lambda: _trigger_logs(e2e_airflow, run_id))
@@ -81,10 +82,10 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     assert _state(api, run_id) == "failed"
 
     # Clearing it is a new try: it sets the stopped job aside on the VM and trains again, to a registered model.
-    api.request("POST", f"/dags/{DAG_ID}/clearTaskInstances", {
-        "dry_run": False, "task_ids": [TASK], "dag_run_id": run_id, "include_downstream": True,
-        "only_failed": False, "reset_dag_runs": True,
-    })  # fmt: skip
+    api.task_instance_api.post_clear_task_instances(DAG_ID, ClearTaskInstancesBody(
+        dry_run=False, task_ids=[ClearTaskInstancesBodyTaskIdsInner(TASK)], dag_run_id=run_id, include_downstream=True,
+        only_failed=False, reset_dag_runs=True,
+    ))  # fmt: skip
     lines: list[str] = []
     final = api.follow(DAG_ID, run_id, on_change=lines.append, timeout=RUN_TIMEOUT_S)
     assert final["state"] == "success", "\n".join(lines)
