@@ -216,8 +216,8 @@ class AirflowClient:
     ``backfill_api``, ``pool_api``, ``monitor_api``, ``extra_links_api``; any other one is built on ``api_client``,
     e.g. ``VariableApi(client.api_client)``) and return its typed models. The methods here add what it does not
     do: the bearer token from ``POST /auth/token`` (fetched on the first call that needs it, never logged), waiting
-    for a DAG to be parsed, asking again while SQLite is locked, and following a run. They return the API's JSON
-    documents as dicts. Every error answer raises ``AirflowApiError``.
+    for a DAG to be parsed, asking again while SQLite is locked, following a run, a task log with the fields its
+    model drops. They return the API's JSON documents as dicts. Every error answer raises ``AirflowApiError``.
 
     :param url: base URL of the api-server, e.g. ``http://127.0.0.1:8080``.
     :param username: SimpleAuthManager user.
@@ -299,6 +299,12 @@ class AirflowClient:
                 return None
             raise
         return entry.actual_instance.value
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list:
+        """The lines of a task try's log as the API sends them: structured lines are dicts, with the fields of the
+        exception a line logged (``error_detail``), which the generated log model leaves out."""
+        answer = self.task_instance_api.get_log_with_http_info(dag_id, run_id, task_id, try_number, full_content=True)
+        return json.loads(answer.raw_data).get("content") or []
 
     def create_backfill(self, dag_id: str, from_date: str, to_date: str, *, reprocess_behavior: str = "none",
                         max_active_runs: int = 10, conf: Mapping[str, Any] | None = None) -> dict:  # fmt: skip
