@@ -24,8 +24,9 @@ class FakeClient:
     def wait_for_dag(self, dag_id):
         return {"dag_id": dag_id}
 
-    def dag(self, dag_id):
-        return {}
+    # The generated DAG API: no next interval, so each run is triggered without a logical date.
+    dag_api = SimpleNamespace(get_dag=lambda dag_id: SimpleNamespace(
+        next_dagrun_data_interval_start=None, next_dagrun_data_interval_end=None, next_dagrun_logical_date=None))
 
     def trigger(self, dag_id, conf=None, **kwargs):
         self.triggered.append(dag_id)
@@ -51,10 +52,10 @@ class FakeClient:
                     "decision": {"reason": "no champion yet"}, "tags": {}}  # fmt: skip
         return None
 
-    def request(self, method, path, body=None):
-        assert "/dags/edge_training_south/" in path and "/check_edge_vm/logs/1" in path, path
+    def task_log(self, dag_id, run_id, task_id, try_number):
+        assert (dag_id, task_id, try_number) == ("edge_training_south", "check_edge_vm", 1)
         exc_type, exc_value = UNREACHABLE.split(": ", 1)
-        return {"content": [{"event": "Task failed"}, {"error_detail": [{"exc_type": exc_type, "exc_value": exc_value}]}]}
+        return [{"event": "Task failed"}, {"error_detail": [{"exc_type": exc_type, "exc_value": exc_value}]}]
 
 
 @pytest.fixture
