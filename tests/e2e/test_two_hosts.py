@@ -154,9 +154,17 @@ def _wait_for_worker(db_path: Path, worker: subprocess.Popen, log: Path, timeout
     pytest.fail(f"edge worker not idle after {timeout:.0f}s (state {state}, exit {worker.poll()}):\n{_tail(log)}")
 
 
-def _wait_backfill(client, backfill: dict, timeout: float = RUN_TIMEOUT_S) -> list[dict]:
+def _worker_alive(worker: subprocess.Popen, log: Path) -> None:
+    """Fail now, with its log, when the site's edge worker has exited (nothing would run the site's tasks)."""
+    if worker.poll() is not None:
+        pytest.fail(f"the site's edge worker exited ({worker.returncode}) mid-run:\n{_tail(log)}")
+
+
+def _wait_backfill(client, backfill: dict, worker: subprocess.Popen, log: Path,
+                   timeout: float = RUN_TIMEOUT_S) -> list[dict]:  # fmt: skip
     deadline = time.monotonic() + timeout
     while True:
+        _worker_alive(worker, log)
         try:
             if client.backfill_api.get_backfill(backfill["id"]).completed_at is not None:
                 break
@@ -190,6 +198,9 @@ def two_hosts(tmp_path_factory):
             "EDGE_EXECUTOR_TOPOLOGY": "edge",
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            # The edge worker signs each call with a token valid for jwt_leeway seconds (default 30), and exits on
+            # the 403 of an expired one; on a loaded 2-core machine a call can wait that long in the worker.
+            "AIRFLOW__API_AUTH__JWT_LEEWAY": "120",
             "AIRFLOW__EDGE__API_URL": f"http://{hosts.central_ip}:{API_PORT}/edge_worker/v1/rpcapi",
             "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
             "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
@@ -244,14 +255,15 @@ def two_hosts(tmp_path_factory):
         started = time.monotonic()
         first = trigger_latest_interval(client, CONF)
         client.unpause(DAG_ID)
-        run = client.follow(DAG_ID, first["dag_run_id"], timeout=RUN_TIMEOUT_S)
+        run = client.follow(DAG_ID, first["dag_run_id"], timeout=RUN_TIMEOUT_S,
+                            on_change=lambda _: _worker_alive(worker, worker_log))  # fmt: skip
         run_seconds = time.monotonic() - started
         first_day = today - timedelta(days=BACKFILL_FROM_DAYS_AGO)
         backfill = client.create_backfill(
             DAG_ID, f"{first_day.isoformat()}T00:00:00Z", f"{(first_day + timedelta(days=1)).isoformat()}T23:59:59Z",
             max_active_runs=2, conf=BACKFILL_CONF,
         )
-        backfill_runs = _wait_backfill(client, backfill)
+        backfill_runs = _wait_backfill(client, backfill, worker, worker_log)
         # Probes after the runs, so they cannot disturb them; the capture still runs.
         site_ports = {name: int(port) for name, port in json.loads((site_state / "stack.json").read_text())["ports"].items()}
         refused = {
