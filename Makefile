@@ -11,13 +11,14 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install system-deps demo test bench stack stop status clean base-image two-hosts
+.PHONY: help install system-deps demo test bench stack stop status clean base-image two-hosts two-sites
 
 help:
 	@echo "make demo    start the local edge stack and Airflow, seed sample data, trigger and follow one run"
 	@echo "make test    set up everything the tests need and run them"
 	@echo "make bench   print the performance figures (P1..)"
 	@echo "make two-hosts  central and site as two network namespaces: one run + backfill, the link captured (root)"
+	@echo "make two-sites  central and two sites as network namespaces: one site fails, the other trains (root)"
 	@echo "make status  show the local edge stack and Airflow;  make stop  stop both"
 
 system-deps:
@@ -56,6 +57,10 @@ test: install base-image
 # rows found on the wire and the refused central->site connections.
 two-hosts: install base-image
 	$(PY) -m pytest tests/e2e/test_two_hosts.py -s -q
+
+# Two sites from one central Airflow, each site a namespace of its own: prints rows found per link and centrally (0).
+two-sites: install
+	$(PY) -m pytest tests/e2e/test_two_sites.py -s -q
 
 bench: install base-image
 	$(PY) bench/run_all.py

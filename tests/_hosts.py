@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 
 class NetnsError(RuntimeError):
@@ -56,6 +57,27 @@ def require_network_namespaces() -> None:
             f"Network namespaces need root (CAP_NET_ADMIN); this process runs as uid {os.geteuid()}. "
             "Run the two-host test as root, as `make test` in CI does."
         )
+
+
+def site_firewall_rules(dev: str, central_ip: str, egress_ports: Iterable[int]) -> list[list[str]]:
+    """iptables rules of a site: new TCP connections out of ``dev`` to ``central_ip`` on ``egress_ports`` only,
+    replies to them, loopback; everything else refused in both directions, nothing forwarded."""
+    return [
+        ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+        ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-A", "INPUT", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-A", "INPUT", "-j", "REJECT"],
+        ["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
+        ["-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        *(
+            ["-A", "OUTPUT", "-o", dev, "-p", "tcp", "-d", central_ip, "--dport", str(port), "-m",
+             "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"]
+            for port in sorted(set(egress_ports))
+        ),  # fmt: skip
+        ["-A", "OUTPUT", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-A", "OUTPUT", "-j", "REJECT"],
+        ["-P", "FORWARD", "DROP"],
+    ]
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -130,23 +152,7 @@ class TwoHosts:
         return self
 
     def _site_firewall(self, dev: str, egress_ports: Iterable[int]) -> None:
-        rules = [
-            ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-            ["-A", "INPUT", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
-            ["-A", "INPUT", "-j", "REJECT"],
-            ["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
-            ["-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-            *(
-                ["-A", "OUTPUT", "-o", dev, "-p", "tcp", "-d", self.central_ip, "--dport", str(port), "-m",
-                 "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"]
-                for port in sorted(set(egress_ports))
-            ),  # fmt: skip
-            ["-A", "OUTPUT", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
-            ["-A", "OUTPUT", "-j", "REJECT"],
-            ["-P", "FORWARD", "DROP"],
-        ]
-        for rule in rules:
+        for rule in site_firewall_rules(dev, self.central_ip, egress_ports):
             self.exec_in(self.site, "iptables", "-w", *rule)
 
     def destroy(self) -> None:
@@ -245,3 +251,107 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@dataclass
+class Site:
+    """One site namespace of :class:`SiteHosts`: its link to central and the addresses on it."""
+
+    name: str
+    ns: str
+    ip: str  # the site's address on its link
+    central_ip: str  # central's address on the site's link (what the site dials)
+    link: str  # central's end of the site's link: its capture runs there
+
+
+@dataclass
+class SiteHosts:
+    """Central and several sites as network namespaces: each site joined to central by a link of its own, with the
+    firewall of :class:`TwoHosts` (the site dials central's allowed ports; nothing dials the site). Sites have no
+    route to each other (central does not forward) nor to the test's own namespace (the admin link)."""
+
+    names: Sequence[str]
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    central: str = ""
+    admin_ip: str = ""
+    sites: dict[str, Site] = field(default_factory=dict)
+    _captures: list[subprocess.Popen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.central = self.central or f"edge-central-{self.tag}"
+
+    @property
+    def central_ip(self) -> str:
+        """Central's address on the first site's link (where a server central advertises is reached from there)."""
+        return self.sites[self.names[0]].central_ip
+
+    def create(self, site_egress_ports: Iterable[int]) -> SiteHosts:
+        require_network_namespaces()
+        ports = list(site_egress_ports)
+        net = _free_subnet()
+        base = int(net.network_address)
+        admin_host_ip, self.admin_ip = (str(ip) for ip in ipaddress.ip_network(
+            f"{ipaddress.ip_address(base + 256)}/30").hosts())  # fmt: skip
+        admin_host_end, admin_central_end = f"eh{self.tag}a", f"ec{self.tag}a"
+        try:
+            for ns in (self.central, *(f"edge-{n}-{self.tag}" for n in self.names)):
+                _run("ip", "netns", "add", ns)
+                self.exec_in(ns, "ip", "link", "set", "lo", "up")
+                self.exec_in(ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+                self.exec_in(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            for index, name in enumerate(self.names):
+                central_ip, site_ip = (str(ip) for ip in ipaddress.ip_network(
+                    f"{ipaddress.ip_address(base + 4 * index)}/30").hosts())  # fmt: skip
+                site = Site(name, f"edge-{name}-{self.tag}", site_ip, central_ip, f"ec{self.tag}{index}")
+                site_end = f"es{self.tag}{index}"
+                _run("ip", "link", "add", site.link, "netns", self.central, "type", "veth", "peer", "name",
+                     site_end, "netns", site.ns)  # fmt: skip
+                self.exec_in(self.central, "ip", "addr", "add", f"{central_ip}/30", "dev", site.link)
+                self.exec_in(site.ns, "ip", "addr", "add", f"{site_ip}/30", "dev", site_end)
+                self.exec_in(self.central, "ip", "link", "set", site.link, "up")
+                self.exec_in(site.ns, "ip", "link", "set", site_end, "up")
+                for rule in site_firewall_rules(site_end, central_ip, ports):
+                    self.exec_in(site.ns, "iptables", "-w", *rule)
+                self.sites[name] = site
+            _run("ip", "link", "add", admin_host_end, "type", "veth", "peer", "name", admin_central_end, "netns",
+                 self.central)  # fmt: skip
+            self.exec_in(self.central, "ip", "addr", "add", f"{self.admin_ip}/30", "dev", admin_central_end)
+            _run("ip", "addr", "add", f"{admin_host_ip}/30", "dev", admin_host_end)
+            self.exec_in(self.central, "ip", "link", "set", admin_central_end, "up")
+            _run("ip", "link", "set", admin_host_end, "up")
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        for capture in self._captures:
+            _stop(capture)
+        for ns in (self.central, *(f"edge-{n}-{self.tag}" for n in self.names)):
+            if _run("ip", "netns", "pids", ns, check=False).returncode != 0:
+                continue
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + 10
+                while pids and time.monotonic() < deadline:
+                    pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
+                    time.sleep(0.2)
+            _run("ip", "netns", "del", ns, check=False)
+        _run("ip", "link", "del", f"eh{self.tag}a", check=False)
+
+    prefix = staticmethod(TwoHosts.prefix)
+    exec_in = TwoHosts.exec_in
+    python_in = TwoHosts.python_in
+    connect = TwoHosts.connect
+
+    def capture(self, name: str, pcap: Path) -> subprocess.Popen:
+        """Start tcpdump on central's end of site ``name``'s link, every packet to ``pcap``."""
+        return TwoHosts.capture(SimpleNamespace(prefix=self.prefix, central=self.central,
+                                                site_link=self.sites[name].link, _captures=self._captures), pcap)  # fmt: skip
+
+    stop_capture = TwoHosts.stop_capture
