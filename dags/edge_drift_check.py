@@ -25,7 +25,7 @@ from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from edge_training import config
-from edge_training.notify import on_task_failure
+from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.drift import DriftCheckOperator
 from edge_training.operators.partition import DailyPartitionSensor
 from edge_training.operators.validate import ValidateTrainingDataOperator
@@ -49,6 +49,7 @@ AT_EDGE = edge_site_task_args()
         "retry_delay": timedelta(minutes=1),
         "retry_policy": EDGE_RETRY_POLICY,
         "on_failure_callback": on_task_failure,
+        "on_retry_callback": on_task_retry,
     },
 )
 def edge_drift_check():

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 
 from edge_training import config
-from edge_training.notify import on_task_failure
+from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.rollback import RollbackChampionOperator
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.sites import DAG_ID as SINGLE_SITE_DAG_ID
@@ -58,6 +58,7 @@ MODEL_PARAM = (
         "retry_delay": timedelta(seconds=10),
         "retry_policy": EDGE_RETRY_POLICY,
         "on_failure_callback": on_task_failure,
+        "on_retry_callback": on_task_retry,
     },
     params={
         **MODEL_PARAM,

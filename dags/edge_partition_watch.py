@@ -18,7 +18,7 @@ from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from edge_training import config
-from edge_training.notify import on_task_failure
+from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.partition import DailyPartitionSensor
 from edge_training.schedule import NEW_PARTITION
 
@@ -31,7 +31,12 @@ from edge_training.schedule import NEW_PARTITION
     max_active_runs=1,
     doc_md=__doc__,
     tags=["edge", "training", "azure-stack-hub"],
-    default_args={"retries": 3, "retry_delay": timedelta(minutes=1), "on_failure_callback": on_task_failure},
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": on_task_failure,
+        "on_retry_callback": on_task_retry,
+    },
 )
 def edge_partition_watch():
     # The day before the interval end, once it holds a data blob (markers alone do not count).

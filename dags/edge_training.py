@@ -46,8 +46,10 @@ daily partition (asset `edge_new_partition`). `EDGE_RETRAIN_POLICY=drift` runs i
 
 **Concurrency and failures**: at most `EDGE_TRAINING_MAX_ACTIVE_RUNS` (3) runs at once; trainings queue in the
 `edge_vm` pool (1 slot, deferred tasks count) so the VM trains one model at a time. Every task has a timeout and
-retries transient faults only. A failed task logs one line (dag, run, task, try, error) and, when
-`EDGE_ALERT_CONN_ID` names an `http` connection, posts it to that webhook.
+retries transient faults only (3 retries, backoff from `EDGE_RETRY_DELAY_S`, 30 s); bad data, a host key other than
+the pinned one or refused credentials fail the task at its first try. Every failed try logs one line (dag, run, task,
+try, error, and "(will retry)" when Airflow will run it again) and, when `EDGE_ALERT_CONN_ID` names an `http`
+connection, posts it to that webhook: one alert per failed try, without data values or secrets.
 
 **Where tasks run**: all on the same workers by default. With `EDGE_EXECUTOR_TOPOLOGY=edge` the four tasks
 run on an `airflow edge worker` at the site (executor `EdgeExecutor`, queue `EDGE_WORKER_QUEUE`, default `edge`),
@@ -58,8 +60,8 @@ Connections: `edge_blob` (wasb), `edge_vm` (ssh, with `host_key` pinned), `image
 DAG `edge_training_<site>`, with the site's own connections, edge worker queue, VM pool, data container, schedule
 and registered model (`<EDGE_MODEL_NAME>-<site>`); see the README's "Several sites".
 Settings (env): `EDGE_TRAINING_SCHEDULE`, `EDGE_TRAINING_WINDOW_DAYS`, `EDGE_TRAINING_CATCHUP`,
-`EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`, `EDGE_VM_POOL`,
-`EDGE_SITES_FILE`.
+`EDGE_TRAINING_MAX_ACTIVE_RUNS`, `EDGE_TRAINING_TRIGGER`, `EDGE_RETRY_DELAY_S`, `EDGE_ALERT_CONN_ID`, `EDGE_MODEL_NAME`,
+`EDGE_VM_POOL`, `EDGE_SITES_FILE`.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 
 from edge_training import config
-from edge_training.notify import on_task_failure
+from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.azureml_train import AzureMLTrainingOperator
 from edge_training.operators.backend import TRAINING_BACKENDS, ChooseTrainingBackendOperator
 from edge_training.operators.health import EdgeVMHealthCheckOperator
@@ -110,11 +112,12 @@ def edge_training_pipeline(site: Site):
         tags=["edge", "training", "azure-stack-hub", *([f"site:{site.name}"] if multi_site else [])],
         default_args={
             "retries": 3,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=config.RETRY_DELAY_S),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=10),
             "retry_policy": EDGE_RETRY_POLICY,
             "on_failure_callback": on_task_failure,
+            "on_retry_callback": on_task_retry,
         },
         params={
             "window_days": Param(

@@ -307,10 +307,16 @@ class EdgeStack:
     def _stop_service(self, service: str) -> None:
         pid = self._pid(service)
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while _running(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + grace
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not _running(pid):
+                    break
         self.pid_file(service).unlink(missing_ok=True)
 
     def _stack_processes(self) -> set[int]:
@@ -451,6 +457,16 @@ class EdgeStack:
             )
         for service in self.services:
             self.pid_file(service).unlink(missing_ok=True)
+
+    def stop_service(self, service: str) -> None:
+        """Stop one service of this stack and nothing else (e.g. the registry, to see how a push copes with it going
+        away); the others keep running. ``start()`` starts it again on the same port, with the same data.
+
+        :raises EdgeStackError: ``service`` is not one this stack runs.
+        """
+        if service not in self.services:
+            raise EdgeStackError(f"Service {service!r} is not one of this stack's {self.services}; nothing stopped.")
+        self._stop_service(service)
 
     def status(self) -> dict[str, dict]:
         """Per service: ``{"running": bool, "pid": int | None, "port": int | None}``."""

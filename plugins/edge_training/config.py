@@ -97,6 +97,10 @@ VALIDATION_CHUNK_ROWS = int(os.getenv("EDGE_VALIDATION_CHUNK_ROWS", "250000"))
 CATCHUP = os.getenv("EDGE_TRAINING_CATCHUP", "false").lower() in ("1", "true", "yes")
 MAX_ACTIVE_RUNS = int(os.getenv("EDGE_TRAINING_MAX_ACTIVE_RUNS", "3"))
 TRAINING_TRIGGER = os.getenv("EDGE_TRAINING_TRIGGER", "schedule").strip().lower()
+# Base retry delay of edge_training's tasks, in seconds: after failed try n Airflow waits between d*2^(n-1) and d*2^n
+# (its jittered exponential backoff), at most 10 minutes. Errors that cannot fix themselves are not retried
+# (edge_training/retry.py).
+RETRY_DELAY_S = float(os.getenv("EDGE_RETRY_DELAY_S", "30"))
 # How often the partition watch looks for the newest daily partition, and how long it waits for one.
 PARTITION_WATCH_POKE_S = float(os.getenv("EDGE_PARTITION_WATCH_POKE_S", "300"))
 PARTITION_WATCH_TIMEOUT_S = float(os.getenv("EDGE_PARTITION_WATCH_TIMEOUT_S", str(20 * 3600)))

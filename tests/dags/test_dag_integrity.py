@@ -52,6 +52,15 @@ def test_every_task_retries_at_least_twice(dag_bag):
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
 
 
+def test_every_failed_try_of_every_task_alerts(dag_bag):
+    from edge_training.notify import on_task_failure, on_task_retry
+
+    for dag_id, dag in dag_bag.dags.items():
+        for task in dag.tasks:
+            assert on_task_failure in task.on_failure_callback, f"{dag_id}.{task.task_id}: no alert on the last try"
+            assert on_task_retry in task.on_retry_callback, f"{dag_id}.{task.task_id}: no alert on a retried try"
+
+
 def test_pipeline_order(dag_bag):
     dag = dag_bag.dags["edge_training"]
     for training in ("train_on_edge_vm", "train_on_azureml"):

@@ -7,6 +7,8 @@
   Sample data (few rows per day) covers the last ``SEEDED_DAYS`` days. The daily cron ticks 12 hours away from the
   start (``schedule_away_from_now``), so no new interval opens while the module runs, whatever the time of day. Stopped (by pid) when the module is done,
   so it never runs beside another test module's Airflow.
+* ``e2e_airflow_env`` (module): extra settings for that Airflow, none here; a module overrides this fixture to give its
+  Airflow more (an alert connection, a registry of its own, shorter retry delays).
 * ``api`` (module): a REST client logged in as standalone's generated admin user, ``edge_training`` unpaused.
 * ``vm_jobs``: the training jobs started on the edge VM in this session, read from their ``job.json``.
 """
@@ -59,7 +61,12 @@ def model_versions(tracking_uri: str, model_name: str = "predictive-maintenance"
 
 
 @pytest.fixture(scope="module")
-def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
+def e2e_airflow_env() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def e2e_airflow(edge_stack, tmp_path_factory, e2e_airflow_env) -> Iterator[E2EAirflow]:
     from azure.storage.blob import BlobServiceClient
 
     from include.sample_data.generate import generate
@@ -99,6 +106,7 @@ def e2e_airflow(edge_stack, tmp_path_factory) -> Iterator[E2EAirflow]:
             "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
             # The local edge VM is this shared test machine: its load says nothing about the pipeline.
             "EDGE_VM_MAX_LOAD_PER_CPU": "1000",
+            **e2e_airflow_env,
         },
     )
     try:

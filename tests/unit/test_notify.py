@@ -1,18 +1,17 @@
-"""Failure alerts: the one-line summary, the webhook request built from an http connection, and the callback."""
+"""Failure alerts: the one-line summary, the webhook request built from an http connection, and the callbacks for a
+try that fails the task and a try that will be retried."""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
 from airflow.models.connection import Connection
 
 from edge_training.exceptions import EdgeVMJobError
-from edge_training.notify import failure_summary, first_line, on_task_failure, webhook_request
+from edge_training.notify import failure_summary, first_line, on_task_failure, on_task_retry, webhook_request
+from tests._webhook import AlertSink
 
 
 def test_summary_is_one_line_with_class_and_first_line_only():
@@ -23,6 +22,26 @@ def test_summary_is_one_line_with_class_and_first_line_only():
         "error=EdgeVMJobError: Edge VM step 'prepare env' exited with status 1"
     )
     assert "\n" not in summary and "row 17" not in summary
+
+
+def test_retry_summary_says_the_task_will_be_retried():
+    error = ConnectionRefusedError("registry 127.0.0.1:5000 refused the connection")
+    summary = failure_summary("edge_training", "manual__2026-11-08", "build_image", 1, error, will_retry=True)
+    assert summary == (
+        "edge_training FAILED run=manual__2026-11-08 task=build_image try=1 (will retry) "
+        "error=ConnectionRefusedError: registry 127.0.0.1:5000 refused the connection"
+    )
+    assert "(will retry)" not in failure_summary("edge_training", "r", "build_image", 4, error)
+
+
+def test_summary_leaves_out_sas_signatures_and_account_keys():
+    error = RuntimeError(
+        "GET https://acct.blob.local.azurestack.external/sensor-readings?sv=2024-08-04&sp=rl&sig=c2VjcmV0 failed; "
+        "AccountKey=a2V5a2V5a2V5"
+    )
+    summary = failure_summary("edge_training", "r", "validate_data", 1, error)
+    assert "c2VjcmV0" not in summary and "a2V5a2V5a2V5" not in summary and "sv=" not in summary
+    assert "https://acct.blob.local.azurestack.external/sensor-readings" in summary
 
 
 def test_summary_bounds_a_long_message_and_handles_a_missing_error():
@@ -51,27 +70,10 @@ def test_webhook_without_host_says_what_to_set():
         webhook_request("", None, None, None, None, None)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Receiver.received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    _Receiver.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with AlertSink() as sink:
+        yield sink
 
 
 def _context(error):
@@ -80,20 +82,40 @@ def _context(error):
 
 
 def test_callback_posts_the_summary_to_the_alert_connection(webhook, monkeypatch, caplog):
-    conn = Connection(conn_id="alerts", conn_type="http", host="127.0.0.1", schema="http", port=webhook,
+    conn = Connection(conn_id="alerts", conn_type="http", host="127.0.0.1", schema="http", port=webhook.port,
                       login="bot", password="s3cret")  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_ALERTS", conn.get_uri())
     monkeypatch.setenv("EDGE_ALERT_CONN_ID", "alerts")
     with caplog.at_level(logging.INFO, logger="edge_training.notify"):
         on_task_failure(_context(RuntimeError("blob endpoint refused the connection")))
-    [(path, authorization, body)] = _Receiver.received
-    assert authorization.startswith("Basic ")
+    [alert] = webhook.received
+    body = alert.body
+    assert alert.authorization.startswith("Basic ")
     assert body["text"] == (
         "edge_training FAILED run=scheduled__2026-11-08 task=validate_data try=1 "
         "error=RuntimeError: blob endpoint refused the connection"
     )
     assert body["task_id"] == "validate_data"
+    assert (body["try_number"], body["will_retry"]) == (1, False)
     assert body["text"] in caplog.text and "s3cret" not in caplog.text
+
+
+def test_retry_callback_posts_one_alert_marked_will_retry(webhook, monkeypatch, caplog):
+    conn = Connection(conn_id="alerts", conn_type="http", host=f"http://127.0.0.1:{webhook.port}/hooks/edge")
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS", conn.get_uri())
+    monkeypatch.setenv("EDGE_ALERT_CONN_ID", "alerts")
+    with caplog.at_level(logging.INFO, logger="edge_training.notify"):
+        on_task_retry(_context(ConnectionResetError("connection reset by peer")))
+    [alert] = webhook.received
+    assert alert.path == "/hooks/edge" and alert.authorization is None
+    body = alert.body
+    assert body["text"] == (
+        "edge_training FAILED run=scheduled__2026-11-08 task=validate_data try=1 (will retry) "
+        "error=ConnectionResetError: connection reset by peer"
+    )
+    assert (body["dag_id"], body["run_id"], body["task_id"]) == ("edge_training", "scheduled__2026-11-08", "validate_data")
+    assert (body["try_number"], body["will_retry"]) == (1, True)
+    assert "Failure alert posted to connection 'alerts'" in caplog.text
 
 
 def test_callback_without_alert_connection_only_logs(monkeypatch, caplog):
@@ -104,11 +126,12 @@ def test_callback_without_alert_connection_only_logs(monkeypatch, caplog):
     assert "posted" not in caplog.text
 
 
-def test_unreachable_webhook_is_reported_not_raised(monkeypatch, caplog):
+@pytest.mark.parametrize("callback", [on_task_failure, on_task_retry])
+def test_unreachable_webhook_is_reported_not_raised(monkeypatch, caplog, callback):
     conn = Connection(conn_id="alerts", conn_type="http", host="http://127.0.0.1:9/hook?token=t0k3n")
     monkeypatch.setenv("AIRFLOW_CONN_ALERTS", conn.get_uri())
     monkeypatch.setenv("EDGE_ALERT_CONN_ID", "alerts")
     with caplog.at_level(logging.INFO, logger="edge_training.notify"):
-        on_task_failure(_context(RuntimeError("boom")))
+        callback(_context(RuntimeError("boom")))
     assert "Could not post the failure alert to connection 'alerts': ConnectError" in caplog.text
     assert "t0k3n" not in caplog.text
