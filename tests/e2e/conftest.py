@@ -39,6 +39,7 @@ class E2EAirflow:
     vm_base: Path
     tracking_uri: str
     today: date
+    container: str  # the module's own data container in the stack's Azurite
 
 
 def vm_jobs(vm_base: Path) -> list[dict]:
@@ -111,7 +112,7 @@ def e2e_airflow(edge_stack, tmp_path_factory, e2e_airflow_env) -> Iterator[E2EAi
     )
     try:
         airflow.start()
-        yield E2EAirflow(airflow, vm_base, settings["MLFLOW_TRACKING_URI"], today)
+        yield E2EAirflow(airflow, vm_base, settings["MLFLOW_TRACKING_URI"], today, container)
     finally:
         airflow.stop()
         shutil.rmtree(vm_base, ignore_errors=True)

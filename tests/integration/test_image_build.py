@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,8 +21,8 @@ from edge_training.image_context import IMAGE_DIGEST_TAG, IMAGE_REFERENCE_TAG
 from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.registry import RegisteredModelVersion, get_model_registry
 from edge_training.retry import FAIL_AT_ONCE
-from scripts.edge_stack import registry_basic_auth
 from tests._models import FEATURES, write_model
+from tests._registry import MANIFEST_ACCEPT, registry_get
 from tests._serving import call, raw_exchange
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "edge-image-test"
 BASE_IMAGE = "localhost/edge-python-base:bookworm"
-MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
 
 def register(tmp: Path, seed: int, key: str) -> str:
@@ -43,18 +41,6 @@ def register(tmp: Path, seed: int, key: str) -> str:
 
 def version_tags(version: str) -> dict:
     return get_model_registry().client.get_model_version(MODEL, version).tags
-
-
-def registry_get(stack, path: str, accept: str = "") -> tuple[int, dict, bytes]:
-    headers = registry_basic_auth(stack.registry_user, stack.registry_password)
-    if accept:
-        headers["Accept"] = accept
-    request = urllib.request.Request(f"http://{stack.registry_host}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), b""
 
 
 def registry_blobs(stack) -> dict[str, int]:
