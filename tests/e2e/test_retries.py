@@ -203,6 +203,11 @@ def _follow(api, run_id: str) -> tuple[dict, str]:
     return final, "\n".join(lines)
 
 
+def _task_log(e2e_airflow, run_id: str, task_id: str, try_number: int) -> str:
+    folder = e2e_airflow.airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
+    return (folder / f"attempt={try_number}.log").read_text(errors="replace")
+
+
 def _assert_failed_at_first_try(api, run_id: str, task_id: str, lines: str) -> None:
     ti = _tis(api, run_id)[task_id]
     assert (ti["state"], ti["try_number"]) == ("failed", 1), lines
@@ -260,8 +265,8 @@ def test_a_host_key_other_than_the_pinned_one_fails_the_health_check_at_the_firs
     # As after the VM was rebuilt, or someone sits in between: the VM presents a key the connection did not pin.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other_key = " ".join((tmp_path / "other.pub").read_text().split()[:2])
-    pinned = json.loads(vm_connection["extra"])
-    api.request("PATCH", f"/connections/{VM_CONN}", {**vm_connection, "extra": json.dumps({**pinned, "host_key": other_key})})
+    mismatched = {**json.loads(vm_connection["extra"]), "host_key": other_key}
+    api.request("PATCH", f"/connections/{VM_CONN}", {**vm_connection, "extra": json.dumps(mismatched)})
     try:
         run = api.trigger(DAG_ID, conf={**FAST, "skip_image_build": True})
         final, lines = _follow(api, run["dag_run_id"])
@@ -334,15 +339,21 @@ def test_a_registry_down_during_the_push_is_retried_and_the_run_ends_green_with_
     assert _tries(api, run_id, "build_image") == [(1, "failed"), (2, "success")]
     print(f"\nbuild_image states seen: {seen} then {[t for t in lines.splitlines() if 'build_image' in t]}")
 
-    # Exactly one image: one manifest pushed (by the retry), under the version's tag, its digest on the version.
     [version] = model_versions(e2e_airflow.tracking_uri, MODEL)
+    # The retry pushed the image the first try had built (or found built) and smoke-tested: not built again.
+    retry_log = _task_log(e2e_airflow, run_id, "build_image", 2)
+    local = f"localhost/{MODEL}:{version.version}"
+    assert f"{local} is already built on this worker from this content: not rebuilt" in retry_log
+    assert "Built localhost/" not in retry_log
+
+    # Exactly one image: one manifest pushed (by the retry), under the version's tag, its digest on the version.
     result = api.xcom(DAG_ID, run_id, "build_image")
     assert version.tags["image.digest"] == result["digest"]
     assert version.tags["image.reference"] == f"{registry_cutter.host}/{MODEL}:{version.version}@{result['digest']}"
     pushed = [path for method, path in registry_cutter.requests if method == "PUT" and "/manifests/" in path]
     assert pushed == [f"/v2/{MODEL}/manifests/{version.version}"], registry_cutter.requests
     status, _, body = registry_get(edge_stack, f"/v2/{MODEL}/tags/list")
-    assert (status, json.loads(body)["tags"]) == (200, [version.version])
+    assert (status, json.loads(body)["tags"]) == (200, [str(version.version)])
     status, headers, _ = registry_get(edge_stack, f"/v2/{MODEL}/manifests/{version.version}", MANIFEST_ACCEPT)
     assert {k.lower(): v for k, v in headers.items()}["docker-content-digest"] == result["digest"]
 

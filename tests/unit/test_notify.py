@@ -113,7 +113,8 @@ def test_retry_callback_posts_one_alert_marked_will_retry(webhook, monkeypatch, 
         "edge_training FAILED run=scheduled__2026-11-08 task=validate_data try=1 (will retry) "
         "error=ConnectionResetError: connection reset by peer"
     )
-    assert (body["dag_id"], body["run_id"], body["task_id"]) == ("edge_training", "scheduled__2026-11-08", "validate_data")
+    assert (body["dag_id"], body["run_id"], body["task_id"]) == ("edge_training", "scheduled__2026-11-08",
+                                                                "validate_data")  # fmt: skip
     assert (body["try_number"], body["will_retry"]) == (1, True)
     assert "Failure alert posted to connection 'alerts'" in caplog.text
 

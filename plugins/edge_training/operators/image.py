@@ -68,7 +68,9 @@ class BuildScoringImageOperator(BaseOperator):
 
     Retry-safe: when the tag already holds an image built from exactly the same content (model file, serving app,
     wheels, base image; label ``io.edge-training.content-key``), nothing is rebuilt or pushed and the existing digest
-    is recorded. The model version is tagged only after the registry confirms the pushed digest under the tag.
+    is recorded. A retry after a failed push reuses the image an earlier try built on the same worker from the same
+    content (smoke-tested again, not rebuilt), so only the push is repeated. The model version is tagged only after
+    the registry confirms the pushed digest under the tag.
 
     Returns ``{"image", "reference", "digest", "reused", "smoke_test"}``.
 
@@ -213,22 +215,26 @@ class BuildScoringImageOperator(BaseOperator):
             "or set EDGE_IMAGE_BASE to an image in that storage.",
         )
         local = f"localhost/{repository}:{tag}"
-        labels = image_labels(
-            model_name=model_name,
-            version=version,
-            dag_run_id=context["ti"].run_id,
-            code_version=code_version,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            content=build_context.content_key,
-        )
-        started = time.monotonic()
-        self.buildah.build(
-            build_context.path,
-            local,
-            build_args={"BASE_IMAGE": self.base_image, "MODEL_NAME": model_name, "MODEL_VERSION": version},
-            labels=labels,
-        )
-        self.log.info("Built %s in %.1f s", local, time.monotonic() - started)
+        if self._built_here(local, build_context.content_key):
+            # An earlier try (or run) on this worker built it, then its push failed (e.g. the registry went down).
+            self.log.info("%s is already built on this worker from this content: not rebuilt", local)
+        else:
+            labels = image_labels(
+                model_name=model_name,
+                version=version,
+                dag_run_id=context["ti"].run_id,
+                code_version=code_version,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                content=build_context.content_key,
+            )
+            started = time.monotonic()
+            self.buildah.build(
+                build_context.path,
+                local,
+                build_args={"BASE_IMAGE": self.base_image, "MODEL_NAME": model_name, "MODEL_VERSION": version},
+                labels=labels,
+            )
+            self.log.info("Built %s in %.1f s", local, time.monotonic() - started)
         smoke = self.smoke_test(local, build_context.model_path, Path(scratch) / "smoke.log")
         with self.hook.authfile() as authfile:
             digest = self.buildah.push(local, reference, authfile, self.hook.settings.tls_verify)
@@ -244,6 +250,10 @@ class BuildScoringImageOperator(BaseOperator):
         if removed:
             self.log.info("Removed older local images %s (the registry holds them)", removed)
         return digest, smoke
+
+    def _built_here(self, local: str, content_key: str) -> bool:
+        """``local`` is in this worker's buildah storage, built from exactly this content (same content-key label)."""
+        return self.buildah.image_exists(local) and self.buildah.labels(local).get(CONTENT_KEY_LABEL) == content_key
 
     def smoke_test(self, image: str, model_path: Path, log_path: Path) -> dict[str, Any]:
         """Start the image's server with ``buildah run`` and check it as a deployer's client would: readiness
