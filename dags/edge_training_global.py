@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag
 
 from edge_training import config
-from edge_training.notify import on_task_failure
+from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.global_model import (
     EvaluateAtSiteOperator,
     PoolSiteModelsOperator,
@@ -56,6 +56,7 @@ def edge_training_global(sites: list[Site]):
             "retry_delay": timedelta(seconds=30),
             "retry_policy": EDGE_RETRY_POLICY,
             "on_failure_callback": on_task_failure,
+            "on_retry_callback": on_task_retry,
         },
     )
     def global_model():

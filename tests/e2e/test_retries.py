@@ -21,11 +21,12 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from airflow_client.client.api import ConnectionApi
+from airflow_client.client.models import ConnectionBody, DAGPatchBody
 
 from tests._pipeline import FAST_TRAINING
 from tests._registry import MANIFEST_ACCEPT, registry_get
@@ -184,8 +185,12 @@ def vm_connection(api, edge_stack) -> dict:
     conn = json.loads(edge_stack.airflow_env["AIRFLOW_CONN_EDGE_VM"])
     body = {"connection_id": VM_CONN, "conn_type": conn["conn_type"], "host": conn["host"], "port": conn["port"],
             "login": conn["login"], "extra": json.dumps(conn["extra"])}  # fmt: skip
-    api.request("POST", "/connections", body)
+    _connections(api).post_connection(ConnectionBody(**body))
     return body
+
+
+def _connections(api) -> ConnectionApi:
+    return ConnectionApi(api.api_client)
 
 
 def _tis(api, run_id: str) -> dict[str, dict]:
@@ -193,8 +198,8 @@ def _tis(api, run_id: str) -> dict[str, dict]:
 
 
 def _tries(api, run_id: str, task_id: str) -> list[tuple[int, str]]:
-    path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}/tries"
-    return [(t["try_number"], t["state"]) for t in api.request("GET", path)["task_instances"]]
+    tries = api.task_instance_api.get_task_instance_tries(DAG_ID, run_id, task_id).model_dump(mode="json")
+    return [(t["try_number"], t["state"]) for t in tries["task_instances"]]
 
 
 def _follow(api, run_id: str) -> tuple[dict, str]:
@@ -266,12 +271,12 @@ def test_a_host_key_other_than_the_pinned_one_fails_the_health_check_at_the_firs
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other_key = " ".join((tmp_path / "other.pub").read_text().split()[:2])
     mismatched = {**json.loads(vm_connection["extra"]), "host_key": other_key}
-    api.request("PATCH", f"/connections/{VM_CONN}", {**vm_connection, "extra": json.dumps(mismatched)})
+    _connections(api).patch_connection(VM_CONN, ConnectionBody(**{**vm_connection, "extra": json.dumps(mismatched)}))
     try:
         run = api.trigger(DAG_ID, conf={**FAST, "skip_image_build": True})
         final, lines = _follow(api, run["dag_run_id"])
     finally:
-        api.request("PATCH", f"/connections/{VM_CONN}", vm_connection)
+        _connections(api).patch_connection(VM_CONN, ConnectionBody(**vm_connection))
 
     assert final["state"] == "failed", lines
     tis = _tis(api, run["dag_run_id"])
@@ -304,7 +309,7 @@ def test_a_registry_down_during_the_push_is_retried_and_the_run_ends_green_with_
     def registry_goes_down() -> None:
         # Paused, the scheduler leaves the failed try up_for_retry until the registry runs again (unpaused below):
         # the retry cannot start against a registry that is still down, however slow this machine is.
-        api.request("PATCH", f"/dags/{DAG_ID}", {"is_paused": True})
+        api.dag_api.patch_dag(DAG_ID, DAGPatchBody(is_paused=True))
         stack.stop_service("registry")
 
     registry_cutter.cut_at_first_upload(registry_goes_down)
