@@ -47,6 +47,7 @@ from tests.e2e.test_two_hosts import (
     _prebuild_training_env,
     _start_stack,
     _stop_group,
+    _worker_alive,
     _stop_stack,
     _tail,
 )
@@ -134,6 +135,8 @@ def two_sites(tmp_path_factory):
             "EDGE_EXECUTOR_TOPOLOGY": "edge",
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            # As in the two-host test: the worker's tokens outlive a call delayed on a loaded machine.
+            "AIRFLOW__API_AUTH__JWT_LEEWAY": "120",
             "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
             "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
             "EDGE_TRAINING_POLL_INTERVAL_S": "2",
@@ -147,9 +150,11 @@ def two_sites(tmp_path_factory):
         })  # fmt: skip
         central.start(timeout=480)
         client = central.client()
+        from airflow_client.client import PoolBody
+
         for n in SITES:
-            client.request("POST", "/pools", {"name": f"edge_vm_{n}", "slots": 1, "include_deferred": True,
-                                              "description": f"edge VM of site {n}"})  # fmt: skip
+            client.pool_api.post_pool(PoolBody(name=f"edge_vm_{n}", slots=1, include_deferred=True,
+                                               description=f"edge VM of site {n}"))  # fmt: skip
             captures[n] = hosts.capture(n, work / f"{n}-link.pcap")
         logs = {}
         for n in SITES:
@@ -188,12 +193,16 @@ def two_sites(tmp_path_factory):
         started = {n: trigger_latest_interval(client, CONF, dags[n])["dag_run_id"] for n in SITES}
         for dag_id in dags.values():
             client.unpause(dag_id)
-        first = {n: client.follow(dags[n], started[n], timeout=RUN_TIMEOUT_S) for n in SITES}
+        def alive(_line: str) -> None:
+            for name, worker in workers.items():
+                _worker_alive(worker, logs[name])
+
+        first = {n: client.follow(dags[n], started[n], timeout=RUN_TIMEOUT_S, on_change=alive) for n in SITES}
         # South's partition repaired at its source: its run again (no logical date: a run of its own).
         _seed(hosts, "south", site_envs["south"], today, 52)
         partitions = {n: _partitions(hosts, n, site_envs[n]) for n in SITES}
         again = client.trigger(dags["south"], conf=CONF)
-        south_again = client.follow(dags["south"], again["dag_run_id"], timeout=RUN_TIMEOUT_S)
+        south_again = client.follow(dags["south"], again["dag_run_id"], timeout=RUN_TIMEOUT_S, on_change=alive)
         for n in SITES:
             hosts.stop_capture(captures[n])
         runs = {("north", 1): first["north"], ("south", 1): first["south"], ("south", 2): south_again}
