@@ -48,7 +48,7 @@ status:
 	@$(PY) scripts/edge_stack.py status; $(PY) scripts/airflow_local.py status
 
 demo: stack base-image
-	scripts/demo.sh
+	SITES=$(or $(SITES),1) scripts/demo.sh
 
 test: install base-image
 	$(PY) -m pytest

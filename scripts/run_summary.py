@@ -79,7 +79,9 @@ def site_line(site: str, run: dict, failed_task: str | None, error: str | None, 
             return f"{head}, model {registered['model_name']} version {registered['version']} ({promoted})"
         return head
     if failed_task:
-        return f"{head} at {failed_task}: {error or '(no error recorded)'}"
+        # The error's first line: the site's whole message is in its own summary above.
+        first = next((line.strip() for line in (error or "").splitlines() if line.strip()), "(no error recorded)")
+        return f"{head} at {failed_task}: {first}"
     return f"{head} (no task failed; open the run in the UI)"
 
 

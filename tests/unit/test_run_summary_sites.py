@@ -10,6 +10,8 @@ from scripts import run_summary
 
 SITES = "sites:\n  - name: north\n  - name: south\n"
 UNREACHABLE = "EdgeVMUnreachableError: Checked SSH to the edge VM 127.0.0.1:1: connection refused."
+# The rest of a multi-line message stays in the site's own summary, not in its overview line.
+DETAIL = "\n  - tried 3 times over 30 s"
 
 
 class FakeClient:
@@ -55,7 +57,7 @@ class FakeClient:
     def task_log(self, dag_id, run_id, task_id, try_number):
         assert (dag_id, task_id, try_number) == ("edge_training_south", "check_edge_vm", 1)
         exc_type, exc_value = UNREACHABLE.split(": ", 1)
-        return [{"event": "Task failed"}, {"error_detail": [{"exc_type": exc_type, "exc_value": exc_value}]}]
+        return [{"event": "Task failed"}, {"error_detail": [{"exc_type": exc_type, "exc_value": exc_value + DETAIL}]}]
 
 
 @pytest.fixture
@@ -79,6 +81,7 @@ def test_every_sites_run_is_started_and_the_overview_names_the_failed_site_and_w
                                    "predictive-maintenance-north", "version", "4", "(promoted", "to", "champion)"]
     assert overview[2].split()[:4] == ["south", "manual__edge_training_south:", "failed", "at"]
     assert overview[2].endswith(f"check_edge_vm: {UNREACHABLE}")
+    assert "tried 3 times" in out[:out.index("== Sites")] and "tried 3 times" not in "\n".join(overview)
 
 
 def test_site_picks_one_sites_pipeline_and_an_unknown_site_is_refused(fake_airflow, capsys):
