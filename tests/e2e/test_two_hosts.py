@@ -107,6 +107,14 @@ def _prebuild_training_env(vm_base: Path) -> None:
                    env={**os.environ, "PATH": path})  # fmt: skip
 
 
+def _prefetch_image_wheels() -> None:
+    """Download the scoring image's wheels now, on this host's network: ``build_image`` in central finds them in the
+    cache (a deployment's central worker reaches its package index; the test's central namespace has no route to one)."""
+    from edge_training.hooks.image import download_wheels
+
+    download_wheels(ROOT / "include" / "serving" / "requirements.txt")
+
+
 def _seed(hosts: TwoHosts, site_env: dict[str, str], today) -> list[str]:
     """Write the sample partitions into the site's blob storage (from inside the site); return their CSV texts."""
     conn = json.loads(site_env["AIRFLOW_CONN_EDGE_BLOB"])["extra"]["connection_string"]
@@ -188,6 +196,7 @@ def two_hosts(tmp_path_factory):
     mlflow_state = central_state / "mlflow-server"
     try:
         _prebuild_training_env(vm_base)
+        _prefetch_image_wheels()
         today = datetime.now(timezone.utc).date()
         site_env = _start_stack(hosts, hosts.site, site_state, "blob,ssh")
         partitions = _seed(hosts, site_env, today)
