@@ -93,6 +93,27 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise NetnsError("Found no free 10.x.y.0/23 for the test links after 50 tries; remove stale test interfaces")
 
 
+def _remove_namespaces(namespaces: Iterable[str], tag: str) -> None:
+    """Kill every process left in ``namespaces`` (TERM, then KILL), delete them (and so their links), then the admin
+    link's host end ``eh<tag>a``, which goes with its peer's namespace but is deleted explicitly should it linger."""
+    for ns in namespaces:
+        if _run("ip", "netns", "pids", ns, check=False).returncode != 0:
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while pids and time.monotonic() < deadline:
+                pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
+                time.sleep(0.2)
+        _run("ip", "netns", "del", ns, check=False)
+    _run("ip", "link", "del", f"eh{tag}a", check=False)
+
+
 @dataclass
 class TwoHosts:
     """The two namespaces; :meth:`create` builds them, :meth:`destroy` removes every trace."""
@@ -159,23 +180,7 @@ class TwoHosts:
         """Stop the captures, kill every process left in the namespaces, remove them (and so their links)."""
         for capture in self._captures:
             _stop(capture)
-        for ns in (self.central, self.site):
-            if _run("ip", "netns", "pids", ns, check=False).returncode != 0:
-                continue
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
-                for pid in pids:
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + 10
-                while pids and time.monotonic() < deadline:
-                    pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
-                    time.sleep(0.2)
-            _run("ip", "netns", "del", ns, check=False)
-        # The admin link's host end goes with its peer's namespace; delete it explicitly should it linger.
-        _run("ip", "link", "del", f"eh{self.tag}a", check=False)
+        _remove_namespaces((self.central, self.site), self.tag)
 
     # -- running things ----------------------------------------------------------------------------------------
 
@@ -327,22 +332,7 @@ class SiteHosts:
     def destroy(self) -> None:
         for capture in self._captures:
             _stop(capture)
-        for ns in (self.central, *(f"edge-{n}-{self.tag}" for n in self.names)):
-            if _run("ip", "netns", "pids", ns, check=False).returncode != 0:
-                continue
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
-                for pid in pids:
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + 10
-                while pids and time.monotonic() < deadline:
-                    pids = [int(p) for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()]
-                    time.sleep(0.2)
-            _run("ip", "netns", "del", ns, check=False)
-        _run("ip", "link", "del", f"eh{self.tag}a", check=False)
+        _remove_namespaces((self.central, *(f"edge-{n}-{self.tag}" for n in self.names)), self.tag)
 
     prefix = staticmethod(TwoHosts.prefix)
     exec_in = TwoHosts.exec_in
