@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import timedelta
 
-from _scheduler import ROOT, interval, scheduler_stack, timed_run, unpause_and_settle
+from _scheduler import FAST_CONF, ROOT, interval, scheduler_stack, timed_run, unpause_and_settle
 from _target import Figure, report
 
 TARGET = 1.3
