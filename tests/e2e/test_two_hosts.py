@@ -200,7 +200,7 @@ def two_hosts(tmp_path_factory):
         today = datetime.now(timezone.utc).date()
         site_env = _start_stack(hosts, hosts.site, site_state, "blob,ssh")
         partitions = _seed(hosts, site_env, today)
-        central_env = _start_stack(hosts, hosts.central, central_state, "registry")
+        _start_stack(hosts, hosts.central, central_state, "registry")
         mlflow = _mlflow_server(hosts, mlflow_state, "start")
 
         both = {
