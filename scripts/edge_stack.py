@@ -153,6 +153,23 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _terminate(pid: int, grace: float, kill_grace: float, send=os.kill) -> None:
+    """SIGTERM ``pid``, wait up to ``grace`` s for it to end, then SIGKILL and wait up to ``kill_grace`` s.
+
+    :param send: ``os.kill`` for the process, ``os.killpg`` for its process group (a session leader's pid).
+    """
+    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_grace)):
+        try:
+            send(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _running(pid):
+            return
+
+
 def _ancestry(pid: int) -> set[int]:
     chain = set()
     while pid > 1 and pid not in chain:
@@ -307,16 +324,7 @@ class EdgeStack:
     def _stop_service(self, service: str) -> None:
         pid = self._pid(service)
         if pid is not None:
-            for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + grace
-                while _running(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if not _running(pid):
-                    break
+            _terminate(pid, STOP_TIMEOUT_S, 2.0)
         self.pid_file(service).unlink(missing_ok=True)
 
     def _stack_processes(self) -> set[int]:

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -63,6 +62,7 @@ from scripts.edge_stack import (  # noqa: E402
     _running,
     _shell_export,
     _tail,
+    _terminate,
     _write_private,
 )
 
@@ -261,16 +261,8 @@ class MlflowServer:
         """Stop the server and its worker (its own process group), only if this state folder started it."""
         pid = self.pid()
         if pid is not None:
-            for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pid, sig)  # the server was started in a session of its own: pgid == pid
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + grace
-                while _running(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if not _running(pid):
-                    break
+            # The server was started in a session of its own: its pgid is its pid.
+            _terminate(pid, STOP_TIMEOUT_S, 5.0, send=os.killpg)
         self.pid_file.unlink(missing_ok=True)
 
     def provision(self, port: int | None = None, models: tuple[str, ...] | list[str] = ()) -> None:
