@@ -162,6 +162,25 @@ def _wait_for_worker(db_path: Path, worker: subprocess.Popen, log: Path, timeout
     pytest.fail(f"edge worker not idle after {timeout:.0f}s (state {state}, exit {worker.poll()}):\n{_tail(log)}")
 
 
+def edge_topology_env(window_days: int) -> dict[str, str]:
+    """Settings central Airflow and the sites' edge workers share: the edge executor, one fresh JWT secret, short
+    poll intervals and a schedule that opens no interval mid-test."""
+    return {
+        "EDGE_EXECUTOR_TOPOLOGY": "edge",
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        # The edge worker signs each call with a token valid for jwt_leeway seconds (default 30), and exits on
+        # the 403 of an expired one; on a loaded 2-core machine a call can wait that long in the worker.
+        "AIRFLOW__API_AUTH__JWT_LEEWAY": "120",
+        "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
+        "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
+        "EDGE_TRAINING_POLL_INTERVAL_S": "2",
+        "EDGE_TRAINING_WINDOW_DAYS": str(window_days),
+        # No interval may open mid-test (an extra scheduled run), whatever the time of day.
+        "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
+    }
+
+
 def _worker_alive(worker: subprocess.Popen, log: Path) -> None:
     """Fail now, with its log, when the site's edge worker has exited (nothing would run the site's tasks)."""
     if worker.poll() is not None:
@@ -204,19 +223,8 @@ def two_hosts(tmp_path_factory):
         mlflow = _mlflow_server(hosts, mlflow_state, "start")
 
         both = {
-            "EDGE_EXECUTOR_TOPOLOGY": "edge",
-            "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            # The edge worker signs each call with a token valid for jwt_leeway seconds (default 30), and exits on
-            # the 403 of an expired one; on a loaded 2-core machine a call can wait that long in the worker.
-            "AIRFLOW__API_AUTH__JWT_LEEWAY": "120",
+            **edge_topology_env(WINDOW_DAYS),
             "AIRFLOW__EDGE__API_URL": f"http://{hosts.central_ip}:{API_PORT}/edge_worker/v1/rpcapi",
-            "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
-            "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
-            "EDGE_TRAINING_POLL_INTERVAL_S": "2",
-            "EDGE_TRAINING_WINDOW_DAYS": str(WINDOW_DAYS),
-            # No interval may open mid-test (an extra scheduled run), whatever the time of day.
-            "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
         }
         central = AirflowLocal(central_state, port=API_PORT, netns=hosts.central, bind_host="0.0.0.0",
                                url_host=hosts.admin_ip, env={

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -33,14 +32,13 @@ import pytest
 from scripts.airflow_local import AirflowLocal
 from scripts.run_summary import trigger_latest_interval
 from tests._hosts import SiteHosts
-from tests._pipeline import FAST_TRAINING, ROOT, schedule_away_from_now
+from tests._pipeline import FAST_TRAINING, ROOT
 from tests._residency import RowSignatures, audit, files_under
 from tests._wire import reassemble
 from tests.e2e.conftest import SHARED_ENVS
 from tests.e2e.test_two_hosts import (
     AIRFLOW,
     API_PORT,
-    EXECUTORS,
     MLFLOW_PORT,
     RUN_TIMEOUT_S,
     _mlflow_server,
@@ -50,6 +48,7 @@ from tests.e2e.test_two_hosts import (
     _worker_alive,
     _stop_stack,
     _tail,
+    edge_topology_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -130,19 +129,7 @@ def two_sites(tmp_path_factory):
         from scripts.airflow_local import read_env_file
 
         mlflow = {side: read_env_file(mlflow_state / f"{side}.env") for side in ("site", "central")}
-        both = {
-            "EDGE_SITES_FILE": str(sites_file),
-            "EDGE_EXECUTOR_TOPOLOGY": "edge",
-            "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            # As in the two-host test: the worker's tokens outlive a call delayed on a loaded machine.
-            "AIRFLOW__API_AUTH__JWT_LEEWAY": "120",
-            "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
-            "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
-            "EDGE_TRAINING_POLL_INTERVAL_S": "2",
-            "EDGE_TRAINING_WINDOW_DAYS": str(WINDOW_DAYS),
-            "EDGE_TRAINING_SCHEDULE": schedule_away_from_now(),
-        }
+        both = {"EDGE_SITES_FILE": str(sites_file), **edge_topology_env(WINDOW_DAYS)}
         central = AirflowLocal(central_state, port=API_PORT, netns=hosts.central, bind_host="0.0.0.0",
                                url_host=hosts.admin_ip, env={
             **both, "AIRFLOW__EDGE__API_ENABLED": "True", "AIRFLOW__EDGE__JOB_SUCCESS_PURGE": "600",
