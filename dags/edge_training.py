@@ -79,10 +79,11 @@ from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
+from edge_training.hooks.connections import parse_time_lookup
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.schedule import site_schedule
 from edge_training.sites import DAG_ID as SINGLE_SITE_DAG_ID
-from edge_training.sites import Site, load_sites
+from edge_training.sites import Site, load_sites, sites_file_path, undefined_connections
 from edge_training.topology import edge_site_task_args
 from edge_training.training_params import MAX_N_JOBS, TRAINING_PARAMS_SCHEMA
 
@@ -241,5 +242,10 @@ def edge_training_pipeline(site: Site):
 
 
 # One pipeline per site of the sites file; without one, the single pipeline `edge_training` of the EDGE_* settings.
-for _site in load_sites():
+_sites = load_sites()
+# In the dag-processor (all-in-one topology) a site naming a connection Airflow does not have is an import error.
+if any(site.dag_id != SINGLE_SITE_DAG_ID for site in _sites):  # a sites file was read
+    if (_is_defined := parse_time_lookup()) is not None:
+        undefined_connections(_sites, _is_defined, source=f"the sites file {sites_file_path()[0]}")
+for _site in _sites:
     edge_training_pipeline(_site)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,43 @@ def _by_value(site: Site) -> dict[str, list[str]]:
     for key, value in site.bound_values().items():
         grouped.setdefault(value, []).append(key)
     return grouped
+
+
+# The connection ids of a site's entry, in the order its problems are named.
+CONNECTION_KEYS = ("blob_conn_id", "vm_conn_id", "output_conn_id")
+
+
+def undefined_connections(sites: Sequence[Site], is_defined: Callable[[str], bool],
+                          source: str = "the sites file") -> None:  # fmt: skip
+    """Refuse sites whose connection ids name no Airflow connection, each bad entry named at once.
+
+    Each distinct connection id is looked up once. A site whose connection is missing would fail every run at its
+    first task ("The conn_id ... isn't defined"); refused here it is one import error that says which entry and
+    which key, before any run.
+
+    :param sites: the sites of ``source`` in file order (:func:`parse_sites`), so entry numbers match the file.
+    :param is_defined: whether Airflow resolves a connection id (the dag-processor's own lookup).
+    :raises SitesFileError: naming every site, key and connection id not found.
+    """
+    known: dict[str, bool] = {}
+    problems = []
+    for index, site in enumerate(sites, start=1):
+        missing = []
+        for key in CONNECTION_KEYS:
+            conn_id = getattr(site, key)
+            if conn_id not in known:
+                known[conn_id] = is_defined(conn_id)
+            if not known[conn_id] and (key != "output_conn_id" or conn_id != site.blob_conn_id):
+                missing.append(f"{key} {conn_id!r}")
+        if missing:
+            problems.append(f"entry {index} ({site.name!r}) has {' and '.join(missing)}")
+    if problems:
+        raise SitesFileError(
+            f"Checked the connection ids of the {len(sites)} site entries of {source} against Airflow's connections: "
+            + "; ".join(problems)
+            + " — no such connection. Create each connection (Admin > Connections, `airflow connections add`, an "
+            "AIRFLOW_CONN_<ID> variable or the secrets backend) or correct the id in the entry."
+        )
 
 
 # Operator attributes that name something of one site: connections, routing, the registered model.

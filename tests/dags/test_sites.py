@@ -186,3 +186,71 @@ def test_the_rollback_form_names_the_sites_models(two_sites, one_site):
     # Without a sites file the form and the model are as they were.
     assert one_site["dags"]["edge_model_rollback"]["model_param"] is None
     assert one_site["dags"]["edge_model_rollback"]["tasks"][0]["model_name"] == "predictive-maintenance"
+
+
+class DagProcessor:
+    """A real ``airflow dag-processor`` over the project's DAG folder, one parse per :meth:`parse`, with its own
+    metadata DB (SQLite in ``home``) and the given connections as environment variables."""
+
+    def __init__(self, home: Path, sites_file: Path, connections: dict[str, dict], **env: str) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "EDGE_"))}
+        self.env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PYTHONPATH": str(ROOT / "plugins"),
+            "EDGE_SITES_FILE": str(sites_file),
+            **{f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()},
+            **env,
+        })  # fmt: skip
+        self.airflow("db", "migrate")
+
+    def airflow(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+        airflow = Path(sys.executable).with_name("airflow")
+        done = subprocess.run([str(airflow), *args], env=self.env, capture_output=True, text=True, timeout=300)
+        assert done.returncode in ok, f"airflow {' '.join(args)}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def parse(self) -> tuple[dict[str, str], set[str]]:
+        """Parse the folder once: ``({file: import error}, {active DAG id})`` as the metadata DB has them."""
+        self.airflow("dag-processor", "--num-runs", "1")
+        # list-import-errors exits 1 when it lists any.
+        errors = {e["filepath"]: e["error"] for e in self.listed("dags", "list-import-errors", ok=(0, 1))}
+        return errors, {d["dag_id"] for d in self.listed("dags", "list")}
+
+    def listed(self, *command: str, ok: tuple[int, ...] = (0,)) -> list[dict]:
+        """The rows of a listing command (``-o json``); none when it prints no JSON (it says "No data found")."""
+        lines = [line for line in self.airflow(*command, "-o", "json", ok=ok).splitlines() if line.startswith("[")]
+        return json.loads(lines[-1]) if lines else []
+
+
+def test_the_dag_processor_names_a_site_whose_connection_airflow_does_not_have(tmp_path):
+    sites_file = tmp_path / "sites.yaml"
+    sites_file.write_text("sites:\n  - name: north\n  - name: south\n    vm_conn_id: south_vm_typo\n")
+    defined = {"edge_blob_north": {"conn_type": "wasb"}, "edge_vm_north": {"conn_type": "ssh", "host": "127.0.0.1"},
+               "edge_blob_south": {"conn_type": "wasb"}}  # fmt: skip
+    processor = DagProcessor(tmp_path / "airflow", sites_file, defined)
+
+    errors, dags = processor.parse()
+    error = errors.get("edge_training.py", "")
+    assert f"Checked the connection ids of the 2 site entries of the sites file {sites_file} against Airflow's " \
+           "connections: entry 2 ('south') has vm_conn_id 'south_vm_typo' — no such connection." in error, errors  # fmt: skip
+    assert not {"edge_training_north", "edge_training_south"} & dags
+
+    # A connection in the metadata DB counts as much as one in the environment: the dag-processor resolves
+    # connections the way the tasks will.
+    processor.airflow("connections", "add", "south_vm_typo", "--conn-type", "ssh", "--conn-host", "127.0.0.1")
+    errors, dags = processor.parse()
+    assert "edge_training.py" not in errors, errors
+    assert {"edge_training_north", "edge_training_south"} <= dags
+
+
+def test_with_edge_workers_central_does_not_need_the_sites_connections(tmp_path):
+    # The sites' connections are held by their edge workers only: central's dag-processor has none and parses.
+    sites_file = tmp_path / "sites.yaml"
+    sites_file.write_text(TWO_SITES)
+    processor = DagProcessor(tmp_path / "airflow", sites_file, {}, EDGE_EXECUTOR_TOPOLOGY="edge",
+                             AIRFLOW__CORE__EXECUTOR=EDGE_EXECUTORS)  # fmt: skip
+    errors, dags = processor.parse()
+    assert "edge_training.py" not in errors, errors
+    assert {"edge_training_plant-a", "edge_training_plant-b"} <= dags

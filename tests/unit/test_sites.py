@@ -7,7 +7,15 @@ from types import SimpleNamespace
 import pytest
 
 from edge_training import config
-from edge_training.sites import SitesFileError, default_site, load_sites, parse_sites, site_mixing, sites_file_path
+from edge_training.sites import (
+    SitesFileError,
+    default_site,
+    load_sites,
+    parse_sites,
+    site_mixing,
+    sites_file_path,
+    undefined_connections,
+)
 
 
 def _sites(*entries: dict) -> list:
@@ -184,3 +192,33 @@ def test_a_site_trains_on_its_own_cron_and_refuses_the_single_site_triggers():
         site_schedule(site, trigger="schedule", policy="drift")
     # The single site keeps the asset trigger.
     assert site_schedule(default_site(), trigger="asset", policy="schedule").name == "edge_new_partition"
+
+
+def test_connection_ids_airflow_does_not_have_are_named_by_entry_and_key():
+    sites = _sites({"name": "north"}, {"name": "south", "vm_conn_id": "south_vm_typo", "output_conn_id": "out_typo"})
+    looked_up = []
+
+    def is_defined(conn_id: str) -> bool:
+        looked_up.append(conn_id)
+        return conn_id in {"edge_blob_north", "edge_vm_north", "edge_blob_south"}
+
+    with pytest.raises(SitesFileError) as refused:
+        undefined_connections(sites, is_defined, source="sites.yaml")
+    message = str(refused.value)
+    assert message.startswith("Checked the connection ids of the 2 site entries of sites.yaml against Airflow's")
+    assert "entry 2 ('south') has vm_conn_id 'south_vm_typo' and output_conn_id 'out_typo' — no such connection" in message
+    assert "north" not in message.split("connections:", 1)[1].split("—")[0]
+    assert "airflow connections add" in message
+    # Each id once: north's output connection is its blob connection.
+    assert sorted(looked_up) == sorted(set(looked_up)) and len(looked_up) == 5
+
+
+def test_a_missing_blob_connection_is_named_once_even_when_it_also_writes_the_output():
+    (site,) = _sites({"name": "north"})
+    with pytest.raises(SitesFileError, match=r"entry 1 \('north'\) has blob_conn_id 'edge_blob_north' — "):
+        undefined_connections([site], lambda conn_id: conn_id == "edge_vm_north")
+
+
+def test_sites_whose_connections_all_exist_pass():
+    sites = _sites({"name": "north"}, {"name": "south"})
+    undefined_connections(sites, lambda conn_id: True)
