@@ -71,6 +71,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 
 from edge_training import config
+from edge_training.hooks.connections import parse_time_lookup
 from edge_training.notify import on_task_failure, on_task_retry
 from edge_training.operators.azureml_train import AzureMLTrainingOperator
 from edge_training.operators.backend import TRAINING_BACKENDS, ChooseTrainingBackendOperator
@@ -79,7 +80,6 @@ from edge_training.operators.image import BuildScoringImageOperator
 from edge_training.operators.register import RegisterModelOperator
 from edge_training.operators.train import EdgeVMTrainingOperator
 from edge_training.operators.validate import ValidateTrainingDataOperator
-from edge_training.hooks.connections import parse_time_lookup
 from edge_training.retry import EDGE_RETRY_POLICY
 from edge_training.schedule import site_schedule
 from edge_training.sites import DAG_ID as SINGLE_SITE_DAG_ID
