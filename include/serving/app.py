@@ -728,9 +728,17 @@ class ScoringProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._header_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    @property
+    def lingering(self) -> bool:
+        """The answer is sent and the rest of the refused body is being dropped (see :meth:`close_connection`)."""
+        return self._linger_timer is not None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _LingeringTransport(transport, self)  # what the request cycles of this connection close
         if len(self.connections) > self.limits.max_connections:
             self._refuse(503, "Service Unavailable",
                          f"Checked the open connections: more than {self.limits.max_connections} (MAX_CONNECTIONS). "
@@ -739,8 +747,35 @@ class ScoringProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def connection_lost(self, exc) -> None:
+        self._lost = True
         self._disarm_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.lingering:
+            super().data_received(data)
+        # else: the rest of a refused body, dropped
+
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            return None  # the client has sent all it will: the transport closes
+        return super().eof_received()
+
+    def close_connection(self, transport) -> None:
+        """Close after an answer. When the request's body was not read to its end (413, 408), close the way
+        nginx's lingering close does: the answer, then a FIN; what the client still sends is read and dropped
+        until it stops sending, for at most ``read_timeout_s``; then the socket closes. Closing a socket with
+        unread data resets the connection, and a client still sending its body would lose the answer."""
+        if self.lingering or transport.is_closing():
+            return
+        if self._lost or self.cycle is None or not self.cycle.more_body or not transport.can_write_eof():
+            transport.close()
+            return
+        self._linger_timer = self.loop.call_later(self.limits.read_timeout_s, transport.close)
+        transport.write_eof()
+        transport.resume_reading()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -777,6 +812,23 @@ class ScoringProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_raw_json_response(status, reason, message))
             self.transport.close()
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it, whose ``close()`` is :meth:`ScoringProtocol.close_connection`."""
+
+    def __init__(self, transport, protocol: ScoringProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_connection(self._transport)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
 
 
 def make_server(model: Model, host: str, port: int, limits: Limits, access_log: bool = True):

@@ -437,3 +437,19 @@ def test_a_missing_model_file_stops_the_server_with_what_to_do(tmp_path):
 def test_model_input_is_float32_like_the_signature(served):
     model = app.Model(served.model_path)
     assert model.dtype is np.float32 and model.name == "model"
+
+
+def test_a_client_that_sends_all_of_a_refused_body_still_reads_the_413(served):
+    """A client sending the whole body before it reads (as most do) gets the answer, not a reset connection."""
+    body = b"[" * 2_000_000
+    started = time.monotonic()
+    for _ in range(5):  # a reset is a race: a few rounds make it show
+        with socket.create_connection(("127.0.0.1", served.port), timeout=15) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:60]
+        assert b"Content-Length 2000000" in answer
+    assert time.monotonic() - started < 5 * served.limits.read_timeout_s
