@@ -53,6 +53,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "plugins"):
         sys.path.insert(0, str(_path))  # run as a script: make `scripts.edge_stack` and `edge_training` importable
 
 from edge_training import config  # noqa: E402
+from edge_training.registry.locks import lease_names  # noqa: E402
 from scripts.edge_stack import (  # noqa: E402
     EXIT_NOT_RUNNING,
     _free_port,
@@ -355,11 +356,13 @@ def provision(url: str, admin_password: str, passwords: dict[str, str], experime
     for user in GRANTS:
         admin.ensure_user(user, passwords[user])
     experiment_id = admin.ensure_experiment(experiment)
+    registered = []
     for name in models:
         admin.ensure_registered_model(name)
+        registered += [name, admin.ensure_lease(name)]
     for user, grants in GRANTS.items():
         admin.grant(user, "experiment", experiment_id, grants["experiment"])
-        for name in models:
+        for name in registered:
             admin.grant(user, "registered_model", name, grants["registered_model"])
     return experiment_id
 
@@ -428,6 +431,16 @@ class _AdminApi:
 
     def ensure_registered_model(self, name: str) -> None:
         self.ok("POST", "/api/2.0/mlflow/registered-models/create", {"name": name}, accept=("RESOURCE_ALREADY_EXISTS",))
+
+    def ensure_lease(self, model: str) -> str:
+        """Create ``model``'s champion lease unless it exists, free or held; return the name it has now."""
+        free, held = lease_names(model)
+        # Free first, then held: a lease renamed in between is found under its other name, never created twice.
+        for name in (free, held):
+            if self.call("GET", "/api/2.0/mlflow/registered-models/get", query={"name": name})[0] == 200:
+                return name
+        self.ensure_registered_model(free)
+        return free
 
     def grant(self, user: str, resource_type: str, resource_id: str, permission: str) -> None:
         body = {"username": user, "resource_type": resource_type, "resource_id": resource_id}

@@ -26,3 +26,12 @@ def write_model(folder: Path, seed: int, trees: int = 20) -> Path:
     (folder / "model.onnx").write_bytes(onx.SerializeToString())
     (folder / "metrics.json").write_text(json.dumps({"metrics": {"roc_auc": 0.9}, "features": FEATURES}))
     return folder
+
+
+def assert_lease_is_free(client, model_name: str) -> None:
+    """The champion lease of ``model_name`` is back under its free name, and not held (see ``registry.locks``)."""
+    from edge_training.registry.locks import lease_names
+
+    free, held = lease_names(model_name)
+    names = {m.name for m in client.search_registered_models(f"name LIKE '{free}%'")}
+    assert names == {free}, f"champion lease not given back: registered models {sorted(names)}"

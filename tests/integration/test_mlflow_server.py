@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,7 +21,7 @@ from edge_training.exceptions import ModelRegistryAuthError
 from edge_training.registry import CHAMPION_ALIAS, MLflowModelRegistry, get_model_registry
 from edge_training.retry import FAIL_AT_ONCE
 from scripts.mlflow_server import ADMIN_USER, _AdminApi
-from tests._models import write_model
+from tests._models import assert_lease_is_free, write_model
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +117,7 @@ def test_site_registers_promotes_and_tags_central_downloads_the_model(mlflow_ser
     assert not (tmp_path / "no-local-artifacts").exists()
     stored = list((info.state_dir / "artifacts").rglob("model.onnx"))
     assert stored, "the server's artifact store holds no model.onnx"
-    assert not site.client.search_registered_models(f"name = '{model}.champion-lease'"), "lease left behind"
+    assert_lease_is_free(site.client, model)
     # Least privilege: the site edits but cannot delete the model.
     with pytest.raises(ModelRegistryAuthError, match="403 .*as user 'edge-site'"):
         site.client.delete_registered_model(model)
@@ -158,3 +159,25 @@ def test_a_wrong_password_or_no_user_is_a_clear_error_that_fails_at_once(mlflow_
     with pytest.raises(ModelRegistryAuthError, match="carries credentials in the URI") as caught:
         MLflowModelRegistry(with_password, tmp_path).get_champion(model)
     assert info.site_password not in str(caught.value)
+
+
+def test_a_lease_left_by_a_stopped_holder_is_taken_back_and_a_missing_lease_is_named(mlflow_server, model, tmp_path,
+                                                                                     monkeypatch):  # fmt: skip
+    """A promotion that died holding the lease blocks the next one only until the lease's time is up; a server
+    without the lease (not provisioned for this model) fails the promotion quickly with what to do."""
+    from edge_training.exceptions import ModelRegistryError
+    from edge_training.registry import locks
+
+    site = _as(monkeypatch, mlflow_server.info().site_env(), tmp_path)
+    free, held = locks.lease_names(model)
+    site.client.rename_registered_model(free, held)  # taken by a worker that then stopped
+    started = time.monotonic()
+    with locks.mlflow_lease(site.client, model, wait_s=30, ttl_s=2):
+        waited = time.monotonic() - started
+        assert site.client.get_registered_model(held).tags[locks.LEASE_OWNER_TAG].endswith(tuple("0123456789abcdef"))
+    assert 1.5 < waited < 20, f"took the stale lease back after {waited:.1f} s (time-to-live 2 s)"
+    assert_lease_is_free(site.client, model)
+
+    with pytest.raises(ModelRegistryError, match=r"neither 'never-provisioned\.champion-lease' nor .* could be read"):
+        with locks.mlflow_lease(site.client, "never-provisioned", wait_s=60):
+            pass

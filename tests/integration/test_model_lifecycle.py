@@ -21,7 +21,7 @@ from edge_training.operators.register import RegisterModelOperator
 from tests._pipeline import stage_outputs
 from edge_training.promotion import rollback_champion, settle_champion
 from edge_training.registry import CHAMPION_ALIAS, MLflowModelRegistry
-from tests._models import write_model
+from tests._models import assert_lease_is_free, write_model
 
 pytestmark = pytest.mark.integration
 
@@ -217,7 +217,7 @@ def test_two_registration_tasks_at_once_on_a_tracking_server_leave_exactly_one_c
         monkeypatch.setenv(key, value)
     registry = MLflowModelRegistry(os.environ["MLFLOW_TRACKING_URI"], tmp_path / "unused")
     _race_two_registration_tasks(registry, onnx_dir)
-    assert not registry.client.search_registered_models(f"name = '{MODEL}.champion-lease'"), "lease left behind"
+    assert_lease_is_free(registry.client, MODEL)
 
 
 @pytest.mark.parametrize("lock", ["file", "lease"])
@@ -230,6 +230,7 @@ def test_many_interleavings_of_two_promotions_leave_exactly_one_champion(mlflow_
 
         monkeypatch.setattr(MLflowModelRegistry, "champion_lock",
                             lambda self, name: locks.mlflow_lease(self.client, name))
+        registry.client.create_registered_model(locks.lease_names(MODEL)[0])  # what provisioning does
     base = date(2026, 11, 1)
     _seed_champion(registry, onnx_dir, base)
     source = registry.get_version(MODEL, "1").source
@@ -274,7 +275,8 @@ def test_many_interleavings_of_two_promotions_leave_exactly_one_champion(mlflow_
         assert not errors, errors
         _assert_one_winner(registry, champion, results)
     assert len(registry.list_versions(MODEL)) == 1 + 2 * rounds
-    assert not registry.client.search_registered_models(f"name = '{MODEL}.champion-lease'")
+    if lock == "lease":
+        assert_lease_is_free(registry.client, MODEL)
 
 
 def _mlflow_version_without_onnx(registry: MLflowModelRegistry, tmp_path: Path) -> str:
