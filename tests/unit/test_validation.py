@@ -422,6 +422,17 @@ def test_great_expectations_chatter_is_kept_out_of_the_log(tmp_path, caplog):
     assert gx_logger.level == before  # only for the validation, not for the rest of the process
 
 
+def test_great_expectations_warnings_still_reach_the_log(caplog):
+    from edge_training.validation import quiet_library_logs
+
+    caplog.set_level(logging.DEBUG)
+    with quiet_library_logs():
+        logging.getLogger("great_expectations.core").info("internal chatter")
+        logging.getLogger("great_expectations.core").warning("a real warning")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("great_expectations")]
+    assert messages == ["a real warning"]
+
+
 def test_without_the_quiet_levels_great_expectations_logs_internal_records(tmp_path, caplog, monkeypatch):
     # The check above can fail: with the levels left alone the same run logs Great Expectations' own records.
     from edge_training import validation
