@@ -33,7 +33,11 @@ def _alive(pid: int) -> bool:
 
 
 def _state(api, run_id: str, task_id: str = TASK) -> str | None:
-    return {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}.get(task_id)
+    return _task(api, run_id, task_id).get("state")
+
+
+def _task(api, run_id: str, task_id: str = TASK) -> dict:
+    return {t["task_id"]: t for t in api.task_instances(DAG_ID, run_id)}.get(task_id) or {}
 
 
 def _wait(what: str, check, timeout: float, logs=lambda: "", poll: float = 0.05) -> None:
@@ -93,3 +97,40 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     assert (archived / "exit_code").read_text().strip() == str(remote_job.EXIT_KILLED)
     assert int((job_dir / "pid").read_text()) != pid
     assert not {"blob.cs", "scratch", "champion.onnx"} & {p.name for p in job_dir.iterdir()}
+
+
+def test_clearing_a_deferred_training_leaves_one_job_and_nothing_behind_on_the_vm(api, e2e_airflow):
+    """Clearing the deferred task (as from the UI) cancels its trigger: the new try takes the job over or trains
+    again, the run ends green, and no credentials or scratch data stay on the VM."""
+    from edge_training import remote_job
+
+    run = api.trigger(DAG_ID, conf={"training_params": FAST_TRAINING, "skip_image_build": True,
+                                    "window_days": WINDOW_DAYS})  # fmt: skip
+    run_id = run["dag_run_id"]
+    job_dir = e2e_airflow.vm_base / "jobs" / remote_job.job_id(DAG_ID, run_id, TASK)
+    _wait("the training job started on the edge VM", lambda: (job_dir / "pid").is_file(), RUN_TIMEOUT_S)
+    pid = int((job_dir / "pid").read_text())
+    os.killpg(pid, signal.SIGSTOP)
+    _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120, poll=0.5)
+    _wait("the triggerer polling the job", lambda: f"{job_dir.name}: running" in _trigger_logs(e2e_airflow, run_id),
+          120, poll=0.5)  # fmt: skip
+    first_try = _task(api, run_id)["try_number"]
+
+    api.task_instance_api.post_clear_task_instances(DAG_ID, ClearTaskInstancesBody(
+        dry_run=False, task_ids=[ClearTaskInstancesBodyTaskIdsInner(TASK)], dag_run_id=run_id, include_downstream=True,
+        only_failed=False, reset_dag_runs=True,
+    ))  # fmt: skip
+    # Either the trigger's on_kill found the task cleared and stopped the job, or the new try re-attached to it:
+    # a job left stopped (SIGSTOP) by this test is then continued, as the VM would run it.
+    _wait("the cleared task's next try", lambda: _task(api, run_id).get("try_number", 0) > first_try, 120,
+          lambda: _trigger_logs(e2e_airflow, run_id), poll=0.5)  # fmt: skip
+    if _alive(pid):
+        os.killpg(pid, signal.SIGCONT)
+    lines: list[str] = []
+    final = api.follow(DAG_ID, run_id, on_change=lines.append, timeout=RUN_TIMEOUT_S)
+    assert final["state"] == "success", "\n".join(lines) + _trigger_logs(e2e_airflow, run_id)
+    tries = [job_dir, *job_dir.parent.glob(f"{job_dir.name}.failed-*")]
+    assert len(tries) <= 2, f"more than one job set aside for one clear: {[p.name for p in tries]}"
+    for folder in tries:
+        left = {"blob.cs", "scratch", "champion.onnx"} & {p.name for p in folder.iterdir()}
+        assert not left, f"{folder.name} still holds {sorted(left)}"
