@@ -6,7 +6,8 @@ stack on free ports in a temporary folder), then runs, each in a fresh subproces
   (a) raw:        list the window's blobs, download each with the SDK's concurrent ranged download
                   (``download_blob(max_concurrency=4)``) and parse it with ``pyarrow.csv.open_csv`` (streaming,
                   multithreaded, the suite's column types): what a careful user would write
-  (b) validation: ``validate_partitions`` over the same blobs (Great Expectations suite per chunk, Data Docs)
+  (b) validation: ``validate_partitions`` over the same blobs (the row-level expectations of every chunk computed
+                  directly with Great Expectations' counts, Great Expectations once per partition, Data Docs)
 
 alternating (a) and (b) ``--rounds`` times (the machine is shared: medians damp the noise of other work), and prints
 the ratio of the median wall times (b)/(a) and the highest peak RSS of (b), with their targets:

@@ -332,7 +332,22 @@ def test_blobs_are_read_in_bounded_ranges_of_the_listed_version(monkeypatch):
     client = _RangeClient(data)
     with validation._blob_opener(client, NAME, "0x1", len(data))() as stream:
         assert stream.read() == data
-    assert client.requests == [(0, 4096), (4096, 4096), (8192, 4096), (12288, 4096), (16384, 1536)]
+    # Requested at once, a few ahead of the reader: in any order, each range once.
+    assert sorted(client.requests) == [(0, 4096), (4096, 4096), (8192, 4096), (12288, 4096), (16384, 1536)]
+
+
+def test_ranges_are_requested_only_a_few_ahead_of_the_reader(monkeypatch):
+    from edge_training import validation
+
+    monkeypatch.setattr(validation, "DOWNLOAD_RANGE_BYTES", 1000)
+    data = bytes(range(256)) * 100  # 26 ranges
+    client = _RangeClient(data)
+    stream = io.BufferedReader(validation._blob_opener(client, NAME, "0x1", len(data))(), buffer_size=1000)
+    assert stream.read(10) == data[:10]
+    # One range read, the next ones in flight or waiting: the blob is not pulled into memory ahead of its parsing.
+    assert len(client.requests) <= validation.DOWNLOAD_RANGES_AHEAD + 1
+    stream.close()
+    assert len(client.requests) <= validation.DOWNLOAD_RANGES_AHEAD + 1 < 26
 
 
 def test_blob_rewritten_during_validation_is_reported(tmp_path):
