@@ -125,7 +125,8 @@ def _evaluate(expectation_type: str, kwargs: Mapping[str, Any], series, rows: in
         # non-missing values. A missing value is NaN there, which fails every comparison: it is taken off again.
         unexpected = int(np.count_nonzero(~_condition(expectation_type, kwargs, series))) - null_count
     else:
-        values = series[series.notnull()]
+        # Without missing values the column itself is the library's filtered column (no copy of its strings).
+        values = series if null_count == 0 else series[series.notnull()]
         unexpected = int(np.count_nonzero(~_condition(expectation_type, kwargs, values)))
     nonnull = rows - null_count
     if rows == 0 or nonnull == 0:

@@ -654,9 +654,10 @@ class _Validator:
             .add_dataframe_asset("sensor_readings")
             .add_batch_definition_whole_dataframe("chunk")
         )
-        # The row-level expectations in the order Great Expectations reports a suite's results (by column).
+        # The row-level expectations in the order Great Expectations reports a suite's results (by column), each with
+        # its configuration (which the library builds anew on every access).
         self.row_order = fast_expectations.column_grouped(
-            self.row_suite.expectations, lambda e: e.configuration.kwargs
+            [(e, e.configuration) for e in self.row_suite.expectations], lambda item: item[1].kwargs
         )
         self._fallback_suites: dict[tuple, Any] = {}
         self._result_configs: dict[int, Any] = {}
@@ -682,52 +683,47 @@ class _Validator:
         """
         from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 
-        decided = [
-            fast_expectations.evaluate(e.configuration.type, e.configuration.kwargs, chunk) for e in self.row_order
-        ]
-        left = [e for e, found in zip(self.row_order, decided) if found is None]
+        decided = [fast_expectations.evaluate(c.type, c.kwargs, chunk) for _, c in self.row_order]
+        left = [item for item, found in zip(self.row_order, decided) if found is None]
         by_key: dict[str, Any] = {}
         if left:
-            library_results = self._validate(chunk, self._fallback_suite(left))
+            library_results = self._validate(chunk, self._fallback_suite([c for _, c in left]))
             by_key = {_expectation_key(r.expectation_config): r for r in library_results}
-            if any(_raised(r) for r in library_results) or set(by_key) != {
-                _expectation_key(e.configuration) for e in left
-            }:
+            if any(_raised(r) for r in library_results) or set(by_key) != {_expectation_key(c) for _, c in left}:
                 return self._validate(chunk, self.row_suite)
         results = []
-        for expectation, found in zip(self.row_order, decided):
+        for (expectation, configuration), found in zip(self.row_order, decided):
             if found is None:
-                results.append(by_key[_expectation_key(expectation.configuration)])
+                results.append(by_key[_expectation_key(configuration)])
                 continue
             results.append(
                 ExpectationValidationResult(
                     success=found["success"],
-                    expectation_config=self._result_config(expectation, chunk),
+                    expectation_config=self._result_config(expectation, configuration, chunk),
                     result=found["result"],
                     exception_info={"raised_exception": False, "exception_traceback": None, "exception_message": None},
                 )
             )
         return results
 
-    def _fallback_suite(self, expectations: list):
+    def _fallback_suite(self, configurations: list):
         """A suite (not saved in the context) of the row-level expectations Great Expectations evaluates itself."""
         import great_expectations as gx
 
-        key = tuple(id(e) for e in expectations)
+        key = tuple(id(c) for c in configurations)
         if key not in self._fallback_suites:
             self._fallback_suites[key] = gx.ExpectationSuite(
-                name=f"{self.suite.name}__rows_left",
-                expectations=[e.configuration.to_json_dict() for e in expectations],
+                name=f"{self.suite.name}__rows_left", expectations=[c.to_json_dict() for c in configurations]
             )
         return self._fallback_suites[key]
 
-    def _result_config(self, expectation, chunk):
+    def _result_config(self, expectation, configuration, chunk):
         """The expectation's configuration as Great Expectations puts it in a result: with the batch's id."""
         key = id(expectation)
         if key not in self._result_configs:
             if self._batch_id is None:
                 self._batch_id = self.batch_definition.get_batch(batch_parameters={"dataframe": chunk.head(0)}).id
-            config = copy.deepcopy(expectation.configuration)
+            config = copy.deepcopy(configuration)
             if self._batch_id:
                 config.kwargs.update({"batch_id": self._batch_id})
             self._result_configs[key] = config
