@@ -1,7 +1,7 @@
 """Validate a training window's blobs against the Great Expectations suite, streaming, in bounded memory.
 
-Each blob ("partition") is read in chunks of ``chunk_rows`` rows (its byte ranges downloaded a few ahead of the
-parser); the row-level expectations run on every chunk and the chunk results are merged into one result per
+Each blob ("partition") is read in chunks of ``chunk_rows`` rows (its next byte range downloading while the current
+one is parsed); the row-level expectations run on every chunk and the chunk results are merged into one result per
 partition. Those that ``fast_expectations`` covers (not null, between, in set, match regex, with their usual
 keywords) are computed directly with the same pandas operations Great Expectations uses, giving its counts and
 results; Great Expectations itself runs the others, and the expectations about a partition's shape once per
@@ -654,10 +654,10 @@ class _Validator:
             .add_dataframe_asset("sensor_readings")
             .add_batch_definition_whole_dataframe("chunk")
         )
-        # The row-level expectations in the order Great Expectations reports a suite's results (by column), each with
-        # its configuration (which the library builds anew on every access).
+        # The configurations of the row-level expectations (the library builds one anew on every access), in the
+        # order Great Expectations reports a suite's results: by column.
         self.row_order = fast_expectations.column_grouped(
-            [(e, e.configuration) for e in self.row_suite.expectations], lambda item: item[1].kwargs
+            [e.configuration for e in self.row_suite.expectations], lambda c: c.kwargs
         )
         self._fallback_suites: dict[tuple, Any] = {}
         self._result_configs: dict[int, Any] = {}
@@ -683,23 +683,23 @@ class _Validator:
         """
         from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 
-        decided = [fast_expectations.evaluate(c.type, c.kwargs, chunk) for _, c in self.row_order]
-        left = [item for item, found in zip(self.row_order, decided) if found is None]
+        decided = [fast_expectations.evaluate(c.type, c.kwargs, chunk) for c in self.row_order]
+        left = [c for c, found in zip(self.row_order, decided) if found is None]
         by_key: dict[str, Any] = {}
         if left:
-            library_results = self._validate(chunk, self._fallback_suite([c for _, c in left]))
+            library_results = self._validate(chunk, self._fallback_suite(left))
             by_key = {_expectation_key(r.expectation_config): r for r in library_results}
-            if any(_raised(r) for r in library_results) or set(by_key) != {_expectation_key(c) for _, c in left}:
+            if any(_raised(r) for r in library_results) or set(by_key) != {_expectation_key(c) for c in left}:
                 return self._validate(chunk, self.row_suite)
         results = []
-        for (expectation, configuration), found in zip(self.row_order, decided):
+        for configuration, found in zip(self.row_order, decided):
             if found is None:
                 results.append(by_key[_expectation_key(configuration)])
                 continue
             results.append(
                 ExpectationValidationResult(
                     success=found["success"],
-                    expectation_config=self._result_config(expectation, configuration, chunk),
+                    expectation_config=self._result_config(configuration, chunk),
                     result=found["result"],
                     exception_info={"raised_exception": False, "exception_traceback": None, "exception_message": None},
                 )
@@ -717,9 +717,9 @@ class _Validator:
             )
         return self._fallback_suites[key]
 
-    def _result_config(self, expectation, configuration, chunk):
+    def _result_config(self, configuration, chunk):
         """The expectation's configuration as Great Expectations puts it in a result: with the batch's id."""
-        key = id(expectation)
+        key = id(configuration)
         if key not in self._result_configs:
             if self._batch_id is None:
                 self._batch_id = self.batch_definition.get_batch(batch_parameters={"dataframe": chunk.head(0)}).id
