@@ -54,23 +54,38 @@ def _trigger_logs(e2e_airflow, run_id: str) -> str:
     return "\n----\n".join(f"{path}:\n{path.read_text(errors='replace')[-8000:]}" for path in paths) or "no trigger log"
 
 
-def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_again(api, e2e_airflow):
+def _deferred_training(api, e2e_airflow) -> tuple[str, Path, int]:
+    """A manual run whose training job is held mid-training while the triggerer polls it: (run id, job dir, pid)."""
     from edge_training import remote_job
 
     run = api.trigger(DAG_ID, conf={"training_params": FAST_TRAINING, "skip_image_build": True,
                                     "window_days": WINDOW_DAYS})  # fmt: skip
     run_id = run["dag_run_id"]
     job_dir = e2e_airflow.vm_base / "jobs" / remote_job.job_id(DAG_ID, run_id, TASK)
-
     # Hold the job mid-training as soon as it has a pid, whatever this machine's speed (it would finish in seconds).
     _wait("the training job started on the edge VM", lambda: (job_dir / "pid").is_file(), RUN_TIMEOUT_S)
     pid = int((job_dir / "pid").read_text())
     os.killpg(pid, signal.SIGSTOP)
     _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120, poll=0.5)
-    # As a user would see it: the triggerer has picked the task up and polls the job (a task marked failed before
-    # any triggerer ran its trigger gets no on_kill; its job then removes credentials and scratch itself at its end).
+    # As a user would see it: the triggerer has picked the task up and polls the job (a task stopped before any
+    # triggerer ran its trigger gets no on_kill; its job then removes credentials and scratch itself at its end).
     _wait("the triggerer polling the job", lambda: f"{job_dir.name}: running" in _trigger_logs(e2e_airflow, run_id),
           120, poll=0.5)  # fmt: skip
+    return run_id, job_dir, pid
+
+
+def _clear_training(api, run_id: str) -> None:
+    """Clear the training task and what follows it, as the UI's Clear does."""
+    api.task_instance_api.post_clear_task_instances(DAG_ID, ClearTaskInstancesBody(
+        dry_run=False, task_ids=[ClearTaskInstancesBodyTaskIdsInner(TASK)], dag_run_id=run_id, include_downstream=True,
+        only_failed=False, reset_dag_runs=True,
+    ))  # fmt: skip
+
+
+def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_again(api, e2e_airflow):
+    from edge_training import remote_job
+
+    run_id, job_dir, pid = _deferred_training(api, e2e_airflow)
     # Scratch data the job wrote (train.py deletes its SAS file once read, so that one may already be gone).
     (job_dir / "scratch" / "part-0000.csv").write_text("M-0001,2026-11-01T00:00:00Z,63.11\n")
     assert _alive(pid)
@@ -86,10 +101,7 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
     assert _state(api, run_id) == "failed"
 
     # Clearing it is a new try: it sets the stopped job aside on the VM and trains again, to a registered model.
-    api.task_instance_api.post_clear_task_instances(DAG_ID, ClearTaskInstancesBody(
-        dry_run=False, task_ids=[ClearTaskInstancesBodyTaskIdsInner(TASK)], dag_run_id=run_id, include_downstream=True,
-        only_failed=False, reset_dag_runs=True,
-    ))  # fmt: skip
+    _clear_training(api, run_id)
     lines: list[str] = []
     final = api.follow(DAG_ID, run_id, on_change=lines.append, timeout=RUN_TIMEOUT_S)
     assert final["state"] == "success", "\n".join(lines)
@@ -102,24 +114,10 @@ def test_marking_a_deferred_training_failed_stops_the_job_and_a_clear_trains_aga
 def test_clearing_a_deferred_training_leaves_one_job_and_nothing_behind_on_the_vm(api, e2e_airflow):
     """Clearing the deferred task (as from the UI) cancels its trigger: the new try takes the job over or trains
     again, the run ends green, and no credentials or scratch data stay on the VM."""
-    from edge_training import remote_job
-
-    run = api.trigger(DAG_ID, conf={"training_params": FAST_TRAINING, "skip_image_build": True,
-                                    "window_days": WINDOW_DAYS})  # fmt: skip
-    run_id = run["dag_run_id"]
-    job_dir = e2e_airflow.vm_base / "jobs" / remote_job.job_id(DAG_ID, run_id, TASK)
-    _wait("the training job started on the edge VM", lambda: (job_dir / "pid").is_file(), RUN_TIMEOUT_S)
-    pid = int((job_dir / "pid").read_text())
-    os.killpg(pid, signal.SIGSTOP)
-    _wait("the training task deferred", lambda: _state(api, run_id) == "deferred", 120, poll=0.5)
-    _wait("the triggerer polling the job", lambda: f"{job_dir.name}: running" in _trigger_logs(e2e_airflow, run_id),
-          120, poll=0.5)  # fmt: skip
+    run_id, job_dir, pid = _deferred_training(api, e2e_airflow)
     first_try = _task(api, run_id)["try_number"]
 
-    api.task_instance_api.post_clear_task_instances(DAG_ID, ClearTaskInstancesBody(
-        dry_run=False, task_ids=[ClearTaskInstancesBodyTaskIdsInner(TASK)], dag_run_id=run_id, include_downstream=True,
-        only_failed=False, reset_dag_runs=True,
-    ))  # fmt: skip
+    _clear_training(api, run_id)
     # Either the trigger's on_kill found the task cleared and stopped the job, or the new try re-attached to it:
     # a job left stopped (SIGSTOP) by this test is then continued, as the VM would run it.
     _wait("the cleared task's next try", lambda: _task(api, run_id).get("try_number", 0) > first_try, 120,
