@@ -411,7 +411,7 @@ class AzureMLFake:
                     # azure-ai-ml matches (azure/ai/ml/_artifacts/_constants.py, ASSET_PATH_ERROR =
                     # "(UserError) Asset paths cannot be updated.", compared in ModelOperations.create_or_update
                     # and CodeOperations.create_or_update); "UserError" answers from Azure ML's model/job
-                    # endpoints are HTTP 400 (e.g. a job name that already exists, DESIGN.md).
+                    # endpoints are HTTP 400 (as for a job name that already exists, in _job_put above).
                     return self._error(400, "UserError", "Asset paths cannot be updated.")
             return (200 if existing is not None else 201), {}, self._store_model(name, version, body)
 
