@@ -10,6 +10,8 @@ granted: ``default_permission = NO_PERMISSIONS``). On start it creates, through 
 * user ``edge-central`` (the central worker that builds images): READ on the experiment (model files) and EDIT on
   each registered model (it records the image digest as version tags);
 * the experiment (default ``EDGE_MLFLOW_EXPERIMENT``) and each ``--model`` (default ``EDGE_MODEL_NAME``).
+* each model's champion lease ``<model>.champion-lease`` (EDIT for both users; promotions rename it while they move
+  the champion alias, see ``edge_training.registry.locks``).
 
 The auth settings are ``deploy/mlflow/basic_auth.ini`` (the one docker-compose uses too). Passwords (admin, both
 users) and the Flask secret are generated into ``<state>/secrets/`` (mode 0600) and reach the
