@@ -96,11 +96,11 @@ def mlflow_lease(
     while not _rename(client, free, held):
         # Taken, or in a rename's moment (under auth a name that does not exist, or whose grants the rename is
         # still moving, is refused with 403).
-        holder = _read_tags(client, held)
+        holder = _read_lease(client, held)
         if holder is not None:
             seen, unreadable_since = "held", None
-            _take_over_if_expired(client, free, held, holder, ttl_s)
-        elif _read_tags(client, free) is not None:
+            _take_over_if_expired(client, free, held, *holder, ttl_s)
+        elif _read_lease(client, free) is not None:
             seen, unreadable_since = "free", None
         else:
             unreadable_since = unreadable_since or time.monotonic()
@@ -116,7 +116,8 @@ def mlflow_lease(
         client.set_registered_model_tag(held, LEASE_EXPIRES_TAG, f"{time.time() + ttl_s:.3f}")
         yield
     finally:
-        current = (_read_tags(client, held) or {}).get(LEASE_OWNER_TAG)
+        lease = _read_lease(client, held)
+        current = lease[0].get(LEASE_OWNER_TAG) if lease else None
         if tagged and current != owner:
             log.warning("Champion lease %s was taken over (now %s) before this promotion released it", held, current)
         elif not _rename(client, held, free):
@@ -134,30 +135,29 @@ def _rename(client, name: str, new_name: str) -> bool:
         return False
 
 
-def _read_tags(client, name: str) -> dict | None:
+def _read_lease(client, name: str) -> tuple[dict, float] | None:
+    """``(tags, epoch seconds of its last change)`` of the registered model ``name``; None when it cannot be read."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = client.get_registered_model(name)
     except (MlflowException, ModelRegistryError):
         return None
-    return {**model.tags, "_updated_s": str((model.last_updated_timestamp or 0) / 1000)}
+    return dict(model.tags), (model.last_updated_timestamp or 0) / 1000
 
 
-def _take_over_if_expired(client, free: str, held: str, tags: dict, ttl_s: float) -> None:
+def _take_over_if_expired(client, free: str, held: str, tags: dict, updated_s: float, ttl_s: float) -> None:
     # Taken at most ttl_s ago (the rename that took it stamps the model) or not yet expired by its owner's tag.
     try:
-        expires = max(float(tags.get(LEASE_EXPIRES_TAG, "0")), float(tags["_updated_s"]) + ttl_s)
+        by_tag = float(tags.get(LEASE_EXPIRES_TAG, "0"))
     except ValueError:
-        expires = float(tags["_updated_s"]) + ttl_s
-    if expires > time.time():
+        by_tag = 0.0
+    if max(by_tag, updated_s + ttl_s) > time.time():
         return
-    stale = tags.get(LEASE_OWNER_TAG)
-    # Re-read just before renaming: only the expired owner's lease is given back, never a fresh one.
-    again = _read_tags(client, held)
-    if again is not None and again.get(LEASE_OWNER_TAG) == stale and again["_updated_s"] == tags["_updated_s"]:
+    # Re-read just before renaming: only the expired holder's lease is given back, never a fresh one.
+    if _read_lease(client, held) == (tags, updated_s):
         if _rename(client, held, free):
-            log.warning("Took back champion lease %s left by %s (expired)", held, stale)
+            log.warning("Took back champion lease %s left by %s (expired)", held, tags.get(LEASE_OWNER_TAG))
 
 
 def _not_free_message(free: str, held: str, wait_s: float, ttl_s: float, *, seen: str | None) -> str:
